@@ -1,0 +1,30 @@
+# shiftlab: `make demo` (the main job) and `make test` (the tests) do all set-up themselves.
+PYTHON        ?= python3
+TORCH_VERSION ?= 2.13.0
+VENV          ?= .venv
+BIN           := $(VENV)/bin
+STAMP         := $(VENV)/.shiftlab-installed
+
+.PHONY: demo test bench clean setup
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: anything that depends on torch, installed
+# before it, would pull a multi-GB CUDA build instead of the local CPU wheel.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/shiftlab demo --out out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/audit_throughput.py
+
+clean:
+	rm -rf $(VENV) out build src/*.egg-info
