@@ -1,0 +1,239 @@
+"""Streaming shift metrics: ``update()`` folds in a batch, ``compute()`` gives numbers,
+``merge()`` combines shards. State is running sums, counts and maxima (float64), so memory
+stays flat and one batch, many batches and merged shards give the same answer.
+
+Notation: ``f`` = softmax output, ``ŷ = argmax f``, ``T_δ`` a shift, ``φ_l`` the map at layer l.
+
+* :class:`EquivarianceError` — relative L2 error per shift,
+  ``sqrt(Σ_i ‖φ(T_δ x_i) − T'_δ φ(x_i)‖² / Σ_i ‖φ(x_i)‖²)`` over the valid positions.
+* :class:`Consistency` — ``P[ŷ(T_δ1 x) = ŷ(T_δ2 x)]`` over random pairs (Zhang 2019).
+* :class:`GridStability` — over a shift grid: accuracy and true-class probability per shift,
+  worst-case accuracy (correct at every shift; Michaeli et al. 2023), flip rate
+  ``P[ŷ(x_j) ≠ ŷ(x_{j−1})]`` and the mean absolute change of the top-1 probability
+  ``|max f(x_j) − max f(x_{j−1})|`` over consecutive grid steps (Azulay & Weiss 2019).
+* :class:`SensitivityMap` — mean normalised distance ``‖r(T_δ x) − r(x)‖ / ‖r(x)‖`` per shift
+  and its radial average over ``|δ|`` (Kauderer-Abrams 2017).
+
+>>> m = Consistency()
+>>> m.update(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 0]))
+>>> round(m.compute()["consistency"], 4)
+0.6667
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["StreamingMetric", "EquivarianceError", "Consistency", "GridStability",
+           "SensitivityMap", "masked_sq_norms", "consistency", "flip_rate"]
+
+_F64 = torch.float64
+
+
+class StreamingMetric:
+    """Base class: subclasses declare their state with :meth:`add_state` and write
+    ``update`` and ``compute``; ``merge`` and ``reset`` follow from the declarations."""
+
+    higher_is_better: bool | None = None
+    _REDUCE = {"sum": torch.add, "max": torch.maximum, "min": torch.minimum}
+
+    def __init__(self) -> None:
+        self._defaults: dict[str, tuple[Tensor, str]] = {}
+
+    def add_state(self, name: str, default: Tensor, reduce: str) -> None:
+        if reduce not in self._REDUCE:
+            raise ValueError(f"reduce must be one of {list(self._REDUCE)}, got {reduce!r}")
+        self._defaults[name] = (default.clone(), reduce)
+        setattr(self, name, default.clone())
+
+    def reset(self) -> None:
+        for name, (default, _) in self._defaults.items():
+            setattr(self, name, default.clone())
+
+    def merge(self, other: "StreamingMetric") -> "StreamingMetric":
+        """Fold ``other``'s state into this one (in place) and return ``self``."""
+        if type(other) is not type(self) or other._defaults.keys() != self._defaults.keys():
+            raise ValueError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        for name, (_, reduce) in self._defaults.items():
+            a, b = getattr(self, name), getattr(other, name)
+            if a.shape != b.shape:
+                raise ValueError(f"cannot merge {type(self).__name__}: state {name!r} has "
+                                 f"shape {tuple(b.shape)}, expected {tuple(a.shape)}")
+            setattr(self, name, self._REDUCE[reduce](a, b))
+        return self
+
+    def state(self) -> dict[str, list]:
+        return {name: getattr(self, name).tolist() for name in self._defaults}
+
+
+def _row_sq_norm(t: Tensor) -> Tensor:
+    """Per-sample squared L2 norm in float64 (one fused pass, accumulated in ``t``'s dtype)."""
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim))).to(_F64).square()
+
+
+def masked_sq_norms(a: Tensor, b: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample ``‖a − b‖²`` and ``‖b‖²`` over the positions where ``mask`` is true.
+
+    ``a``, ``b``: ``(N, ...)``; ``mask``: ``(N, H, W)`` for ``(N, C, H, W)`` maps, or None.
+    """
+    if mask is not None:
+        m = mask[:, None].to(a.dtype)
+        return _row_sq_norm((a - b) * m), _row_sq_norm(b * m)
+    return _row_sq_norm(a - b), _row_sq_norm(b)
+
+
+def _relative(num: Tensor, den: Tensor) -> Tensor:
+    """``sqrt(num / den)``, with 0/0 = 0."""
+    return torch.where(den > 0, num / den.clamp_min(1e-300), (num > 0) * 1e300).sqrt()
+
+
+class EquivarianceError(StreamingMetric):
+    """Relative L2 equivariance error per shift index (one layer).
+
+    .. math:: e_δ = \\sqrt{Σ_i ‖φ(T_δ x_i) − T'_δ φ(x_i)‖^2 / Σ_i ‖φ(x_i)‖^2}
+    """
+
+    higher_is_better = False
+
+    def __init__(self, num_shifts: int):
+        super().__init__()
+        self.num_shifts = num_shifts
+        self.add_state("diff_sq", torch.zeros(num_shifts, dtype=_F64), "sum")
+        self.add_state("ref_sq", torch.zeros(num_shifts, dtype=_F64), "sum")
+        self.add_state("count", torch.zeros(num_shifts, dtype=torch.int64), "sum")
+        self.add_state("max_rel", torch.zeros(num_shifts, dtype=_F64), "max")
+
+    def update(self, shift_index: Tensor, diff_sq: Tensor, ref_sq: Tensor) -> None:
+        idx = shift_index.to(torch.int64).cpu()
+        d, r = diff_sq.to(_F64).cpu(), ref_sq.to(_F64).cpu()
+        self.diff_sq.index_add_(0, idx, d)
+        self.ref_sq.index_add_(0, idx, r)
+        self.count.index_add_(0, idx, torch.ones_like(idx))
+        self.max_rel.scatter_reduce_(0, idx, _relative(d, r), reduce="amax")
+
+    def compute(self) -> dict[str, list[float]]:
+        return {"error": _relative(self.diff_sq, self.ref_sq).tolist(),
+                "max_error": self.max_rel.tolist(),
+                "count": self.count.tolist()}
+
+    @staticmethod
+    def pooled(diff_sq: Tensor, ref_sq: Tensor, select: Tensor) -> float | None:
+        """The relative error pooled over the shifts in ``select`` (None if empty)."""
+        if not bool(select.any()):
+            return None
+        return float(_relative(diff_sq[select].sum(), ref_sq[select].sum()))
+
+
+def consistency(pred_a: Tensor, pred_b: Tensor) -> float:
+    """Fraction of pairs whose top-1 predictions agree."""
+    return float((pred_a == pred_b).to(_F64).mean())
+
+
+class Consistency(StreamingMetric):
+    """``P[ŷ(T_δ1 x) = ŷ(T_δ2 x)]`` over the pairs seen (Zhang 2019)."""
+
+    higher_is_better = True
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("agree", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("pairs", torch.zeros((), dtype=torch.int64), "sum")
+
+    def update(self, pred_a: Tensor, pred_b: Tensor) -> None:
+        self.agree += int((pred_a == pred_b).sum())
+        self.pairs += pred_a.numel()
+
+    def compute(self) -> dict[str, float | int | None]:
+        n = int(self.pairs)
+        return {"consistency": int(self.agree) / n if n else None, "pairs": n}
+
+
+def _step_changes(probs: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
+    """For ``probs (K, N, C)`` and grid steps ``pairs (E, 2)``: top-1 flips and
+    ``|Δ max f|`` per step and sample, each ``(E, N)``."""
+    conf, pred = probs.max(dim=-1)
+    a, b = pairs[:, 0], pairs[:, 1]
+    return (pred[a] != pred[b]), (conf[a] - conf[b]).abs()
+
+
+def flip_rate(probs: Tensor, pairs: Tensor) -> float:
+    """``P[ŷ(x_j) ≠ ŷ(x_{j−1})]`` over the consecutive steps ``pairs`` of ``probs (K, N, C)``."""
+    flips, _ = _step_changes(probs, pairs)
+    return float(flips.to(_F64).mean())
+
+
+class GridStability(StreamingMetric):
+    """Classification over a shift grid: per-shift accuracy and true-class probability,
+    worst-case accuracy, flip rate and mean absolute change (MAC) over grid steps."""
+
+    higher_is_better = True
+
+    def __init__(self, num_shifts: int, steps: Tensor):
+        super().__init__()
+        self.steps = steps.to(torch.int64)
+        k = num_shifts
+        self.add_state("correct", torch.zeros(k, dtype=torch.int64), "sum")
+        self.add_state("true_prob", torch.zeros(k, dtype=_F64), "sum")
+        self.add_state("labelled", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("correct_everywhere", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("flips", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("abs_change", torch.zeros((), dtype=_F64), "sum")
+        self.add_state("step_count", torch.zeros((), dtype=torch.int64), "sum")
+
+    def update(self, probs: Tensor, labels: Tensor | None = None) -> None:
+        """``probs``: ``(K, N, C)`` softmax outputs of N images at the K grid shifts."""
+        probs = probs.detach().to(_F64).cpu()
+        if len(self.steps):
+            flips, change = _step_changes(probs, self.steps)
+            self.flips += int(flips.sum())
+            self.abs_change += change.sum()
+            self.step_count += flips.numel()
+        if labels is not None:
+            labels = labels.to(torch.int64).cpu()
+            hit = probs.argmax(-1) == labels[None]                     # (K, N)
+            self.correct += hit.sum(1)
+            self.true_prob += probs.gather(2, labels[None, :, None].expand(len(probs), -1, 1))[..., 0].sum(1)
+            self.labelled += labels.numel()
+            self.correct_everywhere += int(hit.all(0).sum())
+
+    def compute(self) -> dict:
+        n, e = int(self.labelled), int(self.step_count)
+        out = {"flip_rate": int(self.flips) / e if e else None,
+               "mean_abs_change": float(self.abs_change) / e if e else None,
+               "steps": e, "labelled": n}
+        if n:
+            out.update(accuracy=(self.correct.to(_F64) / n).tolist(),
+                       true_class_prob=(self.true_prob / n).tolist(),
+                       worst_case_accuracy=int(self.correct_everywhere) / n)
+        return out
+
+
+class SensitivityMap(StreamingMetric):
+    """Mean normalised representation distance per shift, and its radial average."""
+
+    higher_is_better = False
+
+    def __init__(self, shifts: Tensor):
+        super().__init__()
+        self.shifts = shifts.to(_F64)
+        k = len(shifts)
+        self.add_state("dist_sum", torch.zeros(k, dtype=_F64), "sum")
+        self.add_state("count", torch.zeros(k, dtype=torch.int64), "sum")
+
+    def update(self, shift_index: Tensor, diff_sq: Tensor, ref_sq: Tensor) -> None:
+        idx = shift_index.to(torch.int64).cpu()
+        self.dist_sum.index_add_(0, idx, _relative(diff_sq.to(_F64).cpu(), ref_sq.to(_F64).cpu()))
+        self.count.index_add_(0, idx, torch.ones_like(idx))
+
+    def compute(self) -> dict:
+        mean = self.dist_sum / self.count.clamp_min(1)
+        radius = self.shifts.norm(dim=1)
+        bins = torch.round(radius).to(torch.int64)
+        radii, radial = [], []
+        for r in sorted(set(bins.tolist())):
+            sel = (bins == r) & (self.count > 0)
+            if sel.any():
+                radii.append(float(r))
+                radial.append(float(mean[sel].mean()))
+        return {"map": mean.tolist(), "radius": radii, "radial": radial}
+

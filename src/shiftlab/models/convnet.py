@@ -1,0 +1,57 @@
+"""A small configurable conv net: the built-in subjects of the audit.
+
+``ConvNet`` stacks ``conv → ReLU [→ pool]`` blocks and ends with global average pooling
+and a linear classifier, so it runs on any input size. The two registered variants
+isolate one claim each:
+
+* ``conv-circular``: stride 1, circular padding — exactly shift-equivariant, and its
+  pooled output exactly shift-invariant (to float rounding).
+* ``conv-maxpool``: the same with a 2x2 max-pool after the first two blocks (total stride
+  4) — exact only for shifts that are multiples of 4: max-pooling aliases.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .registry import register_model
+
+
+class ConvNet(nn.Module):
+    """``conv(k) → ReLU [→ MaxPool2d(2)]`` per entry of ``channels``, then GAP and a linear head.
+
+    Args:
+        in_channels: image channels. channels: output channels of each conv.
+        kernel_size: odd conv kernel size. padding_mode: ``"zeros"`` or ``"circular"``.
+        pool_after: indices of the blocks followed by a 2x2 max-pool.
+        num_classes: outputs of the linear head.
+    """
+
+    def __init__(self, in_channels: int = 1, channels=(16, 32, 32), kernel_size: int = 3,
+                 padding_mode: str = "circular", pool_after=(), num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i, c_out in enumerate(channels):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2,
+                                 padding_mode=padding_mode), nn.ReLU()]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+@register_model
+def conv_circular(in_channels: int = 1, num_classes: int = 10) -> ConvNet:
+    """3 circular-padded 3x3 convs, stride 1, GAP head: exactly equivariant."""
+    return ConvNet(in_channels, padding_mode="circular", num_classes=num_classes)
+
+
+@register_model
+def conv_maxpool(in_channels: int = 1, num_classes: int = 10) -> ConvNet:
+    """conv-circular with 2x2 max-pools after blocks 1 and 2 (total stride 4)."""
+    return ConvNet(in_channels, padding_mode="circular", pool_after=(0, 1), num_classes=num_classes)

@@ -1,0 +1,189 @@
+"""Capture the outputs of named submodules of any ``nn.Module`` in one forward pass.
+
+The default probe set is every convolution, pooling, activation and linear layer, every
+user-defined block (a module of your own class that has children, such as a residual
+block), and the model's output, named ``"output"``. A module called twice in one forward
+pass (a shared ``ReLU``) is recorded twice, as ``name`` and ``name#2``.
+
+Each layer's *cumulative stride* is measured, not read from the module: the probe runs
+one example at two sizes that differ by ``STRIDE_PROBE_PAD`` pixels and divides that
+difference by how much the layer's output grew. A layer whose output does not grow
+(after global pooling, a linear layer) has no stride: it should be *invariant*.
+
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+...                           torch.nn.MaxPool2d(2), torch.nn.Flatten())
+>>> info = infer_layers(net, torch.zeros(1, 1, 8, 8))
+>>> [(i.name, i.stride) for i in info]
+[('0', 1), ('1', 1), ('2', 2), ('3', None), ('output', None)]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ShiftlabError
+
+#: Width added to the example input to measure strides; divisible by 1, 2, 3, 4, 6, 8, …, 32, 48, 96.
+STRIDE_PROBE_PAD = 96
+OUTPUT = "output"
+
+_PROBED_TYPES = (
+    nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear,
+    nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Tanh, nn.Sigmoid, nn.Softplus,
+)
+
+
+def _is_user_block(module: nn.Module) -> bool:
+    return not type(module).__module__.startswith("torch.") and any(True for _ in module.children())
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Names of the modules probed by default (see the module doc), in definition order."""
+    return [name for name, m in model.named_modules()
+            if name and (isinstance(m, _PROBED_TYPES) or _is_user_block(m))]
+
+
+def resolve_layers(model: nn.Module, layers: "Iterable[str] | str | None") -> list[str]:
+    """Validate user layer names. ``None`` = the default set, ``"all"`` = every submodule."""
+    if layers is None:
+        return default_layers(model)
+    known = dict(model.named_modules())
+    if layers == "all":
+        return [n for n in known if n]
+    if isinstance(layers, str):
+        layers = [s for s in layers.split(",") if s]
+    names = list(layers)
+    for name in names:
+        if name != OUTPUT and name not in known:
+            sample = ", ".join(n for n in list(known)[1:9])
+            raise ShiftlabError(f"unknown layer {name!r}; the model has e.g. {sample} "
+                                "(see `shiftlab layers`)")
+    return [n for n in names if n != OUTPUT]
+
+
+class Probe:
+    """Forward hooks that record the named submodules' outputs.
+
+    Use as a context manager; calling it runs the model and returns
+    ``{layer name: output tensor, ..., "output": model output}`` in call order.
+    """
+
+    def __init__(self, model: nn.Module, layers: "Iterable[str] | str | None" = None,
+                 clone: Iterable[str] = ()):
+        self.model = model
+        self.layers = resolve_layers(model, layers)
+        self.clone = set(clone)        # outputs a later in-place op overwrites: copy them
+        self._handles: list = []
+        self._record: dict[str, Tensor] = {}
+
+    def __enter__(self) -> "Probe":
+        modules = dict(self.model.named_modules())
+        for name in self.layers:
+            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, Tensor):
+                key, k = name, 1
+                while key in self._record:             # the same module, called again
+                    k += 1
+                    key = f"{name}#{k}"
+                self._record[key] = output.clone() if key in self.clone else output
+        return hook
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        self._record = {}
+        out = self.model(x)
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+            out = out[0]
+        elif isinstance(out, dict) and out:
+            out = next(iter(out.values()))
+        if not isinstance(out, Tensor):
+            raise ShiftlabError(f"the model returned {type(out).__name__}; shiftlab needs a tensor")
+        record, self._record = self._record, {}
+        record[OUTPUT] = out
+        return record
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the probe learned about one recorded layer."""
+
+    name: str
+    kind: str                     # the module's class name
+    shape: tuple[int, ...]        # output shape of one sample
+    stride: int | None            # cumulative stride; None: not spatial (invariance layer)
+    stride_source: str            # "measured", "ratio", "none" or "unknown"
+    overwritten: bool = False     # a later in-place op (ReLU(inplace=True)) changes it
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3 and self.stride_source != "none"
+
+
+def _forward_lenient(probe: Probe, x: Tensor) -> dict[str, Tensor]:
+    """Forward ``x``; if a later layer rejects the size, keep what was recorded up to it."""
+    try:
+        return probe(x)
+    except Exception:                                   # a head sized for one input size
+        return dict(probe._record)
+
+
+def infer_layers(model: nn.Module, example: Tensor,
+                 layers: "Iterable[str] | str | None" = None) -> list[LayerInfo]:
+    """Run ``example`` (one sample) and describe every recorded layer, stride measured.
+
+    Raises :class:`ShiftlabError` if the model cannot run on ``example``.
+    """
+    example = example[:1]
+    modules = dict(model.named_modules())
+    # no_grad, not inference_mode: version counters reveal outputs modified in place
+    with Probe(model, layers) as probe, torch.no_grad():
+        try:
+            base = probe(example)
+            versions = {name: out._version for name, out in base.items()}
+        except ShiftlabError:
+            raise
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ShiftlabError(f"the model cannot run on inputs of shape {tuple(example.shape)}: "
+                                f"{first}") from None
+        overwritten = {n for n, out in base.items() if out._version != versions[n]}
+        if overwritten:                                     # record true copies of those
+            probe.clone = overwritten
+            base = probe(example)
+        big = _forward_lenient(probe, nn.functional.pad(example, (0, STRIDE_PROBE_PAD, 0, STRIDE_PROBE_PAD)))
+    h_in = example.shape[-2]
+    infos = []
+    for name, out in base.items():
+        kind = type(model).__name__ if name == OUTPUT else type(modules[name.split("#")[0]]).__name__
+        shape = tuple(out.shape[1:])
+        stride, source = None, "none"
+        if out.ndim == 4:
+            grown = big.get(name)
+            if grown is not None and grown.ndim == 4:
+                dh = grown.shape[-2] - out.shape[-2]
+                dw = grown.shape[-1] - out.shape[-1]
+                if dh > 0 and dh == dw and STRIDE_PROBE_PAD % dh == 0:
+                    stride, source = STRIDE_PROBE_PAD // dh, "measured"
+                elif dh == 0 and dw == 0:
+                    stride, source = None, "none"       # global pooling: not spatial
+                else:
+                    source = "unknown"
+            elif h_in % out.shape[-2] == 0:
+                stride, source = h_in // out.shape[-2], "ratio"
+            else:
+                source = "unknown"
+        infos.append(LayerInfo(name, kind, shape, stride, source, name in overwritten))
+    return infos

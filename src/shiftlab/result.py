@@ -1,0 +1,182 @@
+"""What an audit produces: plain dataclasses that round-trip through JSON.
+
+The same file feeds the CLI's table, a notebook and the report; renderers only read it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ShiftlabError
+from .io import write_text_atomic
+
+SCHEMA = "shiftlab.audit/1"
+
+
+@dataclass
+class Provenance:
+    """Everything needed to say how a result was produced, and to produce it again."""
+
+    model: str
+    protocol: str
+    shifts: str                      # the shift spec, e.g. "-4:4"
+    n_images: int
+    seed: int
+    input_shape: list[int]           # one sample as the model saw it: C, H, W
+    dtype: str
+    tolerance: float                 # errors below this count as exact for this dtype
+    margin: int = 0                  # feature-map positions ignored near borders
+    fill: float | None = None        # canvas background
+    crop: list[int] | None = None    # crop window h, w
+    pairs_per_image: int = 0
+    pair_range: list[float] | None = None    # consistency shifts: [low, high) per axis
+    batch_size: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LayerResult:
+    """Equivariance (or, for non-spatial layers, invariance) of one layer, per shift.
+
+    ``alignment[k]`` says how shift k was compared: ``exact`` (the stride divides the
+    shift), ``nearest`` (best integer alignment: an approximation), ``fourier`` (a
+    band-limited sub-pixel shift of the map) or ``invariance`` (no spatial axes: compared
+    unshifted).
+    """
+
+    name: str
+    kind: str
+    shape: list[int]
+    stride: int | None               # cumulative stride; for an invariance layer, the
+                                     # largest stride before it (exact shifts: its multiples)
+    comparison: str                  # "equivariance" | "invariance" | "skipped"
+    alignment: list[str]
+    error: list[float]
+    max_error: list[float]
+    error_exact: float | None        # pooled over the non-zero exactly-aligned shifts
+    error_other: float | None        # pooled over the other non-zero shifts
+
+    def verdict(self, tol: float) -> str:
+        if self.comparison == "skipped":
+            return "skipped (stride unknown)"
+        word = "invariant" if self.comparison == "invariance" else "equivariant"
+        exact_ok = self.error_exact is None or self.error_exact < tol
+        other_ok = self.error_other is None or self.error_other < tol
+        if exact_ok and other_ok:
+            return word
+        if exact_ok:
+            return f"{word} at multiples of {self.stride}"
+        return f"not {word}"
+
+
+@dataclass
+class InvarianceResult:
+    """Output-level stability. Fields are None where the data could not support them
+    (no labels, no grid neighbours, no classifier output)."""
+
+    consistency: float | None = None
+    pairs: int = 0
+    flip_rate: float | None = None
+    mean_abs_change: float | None = None
+    steps: int = 0
+    step_size: float | None = None
+    accuracy: list[float] | None = None           # per shift
+    true_class_prob: list[float] | None = None    # per shift
+    worst_case_accuracy: float | None = None
+    clean_accuracy: float | None = None           # at the unshifted reference
+    sensitivity_layer: str | None = None
+    sensitivity: list[float] | None = None        # per shift
+    sensitivity_radius: list[float] | None = None
+    sensitivity_radial: list[float] | None = None
+
+
+@dataclass
+class AuditResult:
+    provenance: Provenance
+    shifts: list[list[float]]
+    grid_shape: list[int] | None
+    layers: list[LayerResult]
+    invariance: InvarianceResult
+    seconds: float = 0.0
+    forwards: int = 0                # images passed through the model
+
+    # --- access -----------------------------------------------------------------------
+    def layer(self, name: str) -> LayerResult:
+        for item in self.layers:
+            if item.name == name:
+                return item
+        raise ShiftlabError(f"no layer {name!r} in this result; it has "
+                            f"{', '.join(l.name for l in self.layers)}")
+
+    # --- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the result as JSON, atomically (temp file + rename)."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AuditResult":
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ShiftlabError(f"not a shiftlab audit result (expected schema {SCHEMA!r})")
+        try:
+            body = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+            body["provenance"] = Provenance(**body["provenance"])
+            body["layers"] = [LayerResult(**item) for item in body["layers"]]
+            body["invariance"] = InvarianceResult(**body["invariance"])
+            return cls(**body)
+        except (KeyError, TypeError) as err:
+            raise ShiftlabError(f"audit result is incomplete or malformed ({err})") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "AuditResult":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ShiftlabError(f"no such result file: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ShiftlabError(f"{path} is not valid JSON ({err}); re-run the audit") from None
+        return cls.from_dict(data)
+
+    # --- text -------------------------------------------------------------------------
+    def table(self) -> str:
+        """A compact, aligned text table of the per-layer errors and the output metrics."""
+        p, inv = self.provenance, self.invariance
+        head = (f"{p.model} · {p.protocol} shifts {p.shifts} ({len(self.shifts)}) · "
+                f"{p.n_images} images · {p.dtype} · seed {p.seed}")
+        rows = [("layer", "type", "stride", "shape", "err exact", "err other", "verdict")]
+        for item in self.layers:
+            spatial = item.comparison == "equivariance"
+            rows.append((item.name, item.kind, str(item.stride) if spatial else "-",
+                         "x".join(map(str, item.shape)), _fmt(item.error_exact),
+                         _fmt(item.error_other), item.verdict(p.tolerance)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head, ""]
+        for k, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            if k == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines += ["", "relative L2 error. err exact: shifts the layer's stride divides (for "
+                      "non-spatial layers: the model's stride so far); err other: the rest, "
+                      "against the best integer alignment"]
+        out = []
+        if inv.consistency is not None:
+            lo, hi = p.pair_range or (None, None)
+            out.append(f"consistency {inv.consistency:.2%} ({inv.pairs} pairs, shifts in [{lo:g}, {hi:g}))")
+        if inv.flip_rate is not None:
+            out.append(f"flip rate {inv.flip_rate:.2%}, MAC {inv.mean_abs_change:.4f} "
+                       f"({inv.steps} steps of {inv.step_size:g} px)")
+        if inv.worst_case_accuracy is not None:
+            acc = inv.accuracy or [0.0]
+            out.append(f"accuracy clean {inv.clean_accuracy:.2%}, mean over shifts "
+                       f"{sum(acc) / len(acc):.2%}, worst-case {inv.worst_case_accuracy:.2%}")
+        if out:
+            lines += [""] + out
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
