@@ -206,7 +206,8 @@ def _compare(action: ShiftAction, item: _Compared, out: Tensor, ref: Tensor,
         moved = action.on_features(ref[images], candidates[0].expand(len(out), 2))
         return masked_sq_norms(out, moved)
     best = None
-    for fshift in sorted({tuple(c[0].tolist()) for c in candidates}, key=lambda c: (c[1], c[0])):
+    for fshift in sorted({tuple(int(v) for v in c[0].tolist()) for c in candidates},
+                         key=lambda c: (c[1], c[0])):
         d2, r2 = aligner.sq_norms(out, fshift, images)
         if best is None:
             best = (d2, r2)

@@ -80,6 +80,7 @@ class Probe:
         self.clone = set(clone)        # outputs a later in-place op overwrites: copy them
         self._handles: list = []
         self._record: dict[str, Tensor] = {}
+        self.versions: dict[str, int] = {}   # version counters at record time
 
     def __enter__(self) -> "Probe":
         modules = dict(self.model.named_modules())
@@ -100,6 +101,8 @@ class Probe:
                     k += 1
                     key = f"{name}#{k}"
                 self._record[key] = output.clone() if key in self.clone else output
+                if not output.is_inference():
+                    self.versions[key] = output._version
         return hook
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
@@ -152,14 +155,14 @@ def infer_layers(model: nn.Module, example: Tensor,
     with Probe(model, layers) as probe, torch.no_grad():
         try:
             base = probe(example)
-            versions = {name: out._version for name, out in base.items()}
         except ShiftlabError:
             raise
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ShiftlabError(f"the model cannot run on inputs of shape {tuple(example.shape)}: "
                                 f"{first}") from None
-        overwritten = {n for n, out in base.items() if out._version != versions[n]}
+        overwritten = {n for n, out in base.items()
+                       if n in probe.versions and out._version != probe.versions[n]}
         if overwritten:                                     # record true copies of those
             probe.clone = overwritten
             base = probe(example)
