@@ -14,7 +14,7 @@ difference by how much the layer's output grew. A layer whose output does not gr
 ...                           torch.nn.MaxPool2d(2), torch.nn.Flatten())
 >>> info = infer_layers(net, torch.zeros(1, 1, 8, 8))
 >>> [(i.name, i.stride) for i in info]
-[('0', 1), ('1', 1), ('2', 2), ('3', None), ('output', None)]
+[('0', 1), ('1', 1), ('2', 2), ('output', None)]
 """
 from __future__ import annotations
 
