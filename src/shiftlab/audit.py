@@ -256,7 +256,10 @@ class _Engine:
         self.lo_hi = _pair_range(self.action, size, self.grid, self.pair_range)
         if self.pairs:
             lo, hi = self.lo_hi
-            self.action.check_shifts(size, torch.tensor([[lo, lo], [hi - 1, hi - 1]]))
+            try:
+                self.action.check_shifts(size, torch.tensor([[lo, lo], [hi - 1, hi - 1]]))
+            except ShiftlabError as err:
+                raise ShiftlabError(f"pair range [{lo:g}, {hi:g}): {err}") from None
         reference = self.action.reference(x[:1])
         self.input_shape = list(reference.shape[1:])
         infos = infer_layers(self.model, reference, self.names)

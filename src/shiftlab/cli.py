@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .errors import ShiftlabError
+from .io import check_writable
 
 EXAMPLES = {
     "audit": """examples:
@@ -21,9 +22,12 @@ EXAMPLES = {
 
 def _size(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.lower().split("x"))
+        sizes = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 28x28, got {text!r}") from None
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 28x28, got {text!r}")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +85,9 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def _load_model(args):
+def _load_model(args, input_size: int | None = None):
     from .loading import load_model, load_weights
-    model = load_model(args.model)
+    model = load_model(args.model, input_size)
     if args.weights:
         load_weights(model, args.weights)
     return model.to(_dtype(args.dtype))
@@ -94,10 +98,13 @@ def cmd_audit(args) -> None:
     from .data import load_data
     if args.limit is not None and args.limit < 1:
         raise ShiftlabError(f"--limit must be at least 1, got {args.limit}")
-    model = _load_model(args)
+    check_writable(args.out)                          # fail before the work, not after
+    if args.crop is not None and len(args.crop) != 2:
+        raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
     x, y = load_data(args.data, seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
+    model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
     result = audit(model, (x, y), protocol=args.protocol, shifts=args.shifts, layers=args.layers,
                    pairs=args.pairs, pair_range=args.pair_range, margin=args.margin, fill=args.fill,
                    crop=args.crop, batch_size=args.batch_size, seed=args.seed,
@@ -119,9 +126,9 @@ def cmd_models(args) -> None:
 def cmd_layers(args) -> None:
     import torch
     from .probe import infer_layers, resolve_layers
-    model = _load_model(args).eval()
     if len(args.input) != 3:
         raise ShiftlabError(f"--input needs CxHxW, got {'x'.join(map(str, args.input))}")
+    model = _load_model(args, input_size=args.input[-1]).eval()
     names = resolve_layers(model, "all" if args.all else None)
     infos = infer_layers(model, torch.zeros(1, *args.input, dtype=_dtype(args.dtype)), names)
     rows = [("layer", "type", "output", "stride")] + [

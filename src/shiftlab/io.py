@@ -6,6 +6,21 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import ShiftlabError
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, with a one-line error, if ``path`` cannot become a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ShiftlabError(f"output {str(path)!r} is a directory; give a file name")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ShiftlabError(f"cannot create {str(path)!r}: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK):
+        raise ShiftlabError(f"cannot write to {str(parent)!r}: permission denied")
+    return path
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -18,14 +33,22 @@ def atomic_path(path: str | os.PathLike):
     >>> target.read_text()
     'done'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ShiftlabError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                   # mkstemp makes 0600 files
         os.replace(tmp, path)
+    except OSError as err:
+        raise ShiftlabError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from .errors import ShiftlabError
 from .models import create_model
+from .models.registry import builder_accepts
 
 
 def _first_line(err: BaseException) -> str:
@@ -17,11 +18,13 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
-def load_model(spec: str, **kwargs) -> nn.Module:
+def load_model(spec: str, input_size: int | None = None) -> nn.Module:
     """Build a model from a registry name, or from ``file.py:factory`` (called with no
-    arguments, it must return an ``nn.Module``)."""
+    arguments, it must return an ``nn.Module``). Zoo models whose head depends on the
+    image size get ``input_size``."""
     if ":" not in spec and not spec.endswith(".py"):
-        return create_model(spec, **kwargs)
+        sized = input_size is not None and builder_accepts(spec, "input_size")
+        return create_model(spec, **({"input_size": input_size} if sized else {}))
     file, _, factory = spec.rpartition(":") if ":" in spec else (spec, "", "")
     if not factory:
         raise ShiftlabError(f"say which factory to call: {spec}:NAME")
@@ -61,7 +64,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ShiftlabError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        reason = "it cannot be unpickled" if "pickl" in type(err).__name__.lower() or \
+            "pickl" in str(err).lower()[:200] else _first_line(err)
+        raise ShiftlabError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(state.get(key), dict):

@@ -21,6 +21,7 @@ Spec strings (the CLI's ``--shifts``):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -37,6 +38,8 @@ def _range(spec: str) -> tuple[float, ...]:
         raise ShiftlabError(f"bad shift range {spec!r}; write START:STOP or START:STOP:STEP") from None
     if len(nums) not in (2, 3):
         raise ShiftlabError(f"bad shift range {spec!r}; write START:STOP or START:STOP:STEP")
+    if not all(math.isfinite(v) for v in nums):
+        raise ShiftlabError(f"bad shift range {spec!r}: numbers must be finite")
     start, stop = nums[0], nums[1]
     step = nums[2] if len(nums) == 3 else 1.0
     if step <= 0 or stop < start:
@@ -66,6 +69,8 @@ class ShiftSet:
     @classmethod
     def from_pairs(cls, pairs: Iterable[Sequence[float]], spec: str = "") -> "ShiftSet":
         shifts = tuple((float(p[0]), float(p[1])) for p in pairs)
+        if not all(math.isfinite(v) for pair in shifts for v in pair):
+            raise ShiftlabError("shifts must be finite numbers")
         if not shifts:
             raise ShiftlabError("no shifts given; give at least one (dy, dx) pair")
         return cls(shifts, spec=spec or ";".join(f"{y:g},{x:g}" for y, x in shifts))

@@ -373,5 +373,8 @@ def make_action(protocol: str, *, fill: float = 0.0,
     if protocol == "crop":
         if crop is None:
             raise ShiftlabError("the 'crop' protocol needs a window size (crop=(h, w), --crop HxW)")
-        return CropShift(size=tuple(int(v) for v in crop))
+        size = tuple(int(v) for v in crop)
+        if len(size) != 2 or min(size) < 1:
+            raise ShiftlabError(f"crop window must be two positive sizes (h, w), got {tuple(crop)}")
+        return CropShift(size=size)
     return PROTOCOLS[protocol]()

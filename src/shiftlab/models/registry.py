@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
@@ -28,6 +29,12 @@ def list_models() -> list[str]:
 def model_doc(name: str) -> str:
     doc = (_REGISTRY[name].__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
+
+
+def builder_accepts(name: str, argument: str) -> bool:
+    """Whether the registered builder ``name`` takes the keyword ``argument``."""
+    key = name.replace("_", "-")
+    return key in _REGISTRY and argument in inspect.signature(_REGISTRY[key]).parameters
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
