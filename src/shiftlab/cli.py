@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("audit", "Audit a model's per-layer shift-equivariance and output stability.")
     model_args(p)
     p.add_argument("--data", default="synthetic:256",
-                   help="synthetic[:N[:CxHxW]] or an .npz/.npy/.pt file (default synthetic:256)")
+                   help="mnist[:split], fashion-mnist, digits, idx:DIR, folder:DIR, "
+                        "synthetic[:N[:CxHxW]] or an .npz/.npy/.pt file (default synthetic:256)")
+    p.add_argument("--canvas", type=int, help="place each image centred on an NxN canvas first")
     p.add_argument("--protocol", default="circular", choices=["circular", "canvas", "crop", "fractional"])
     p.add_argument("--shifts", help="shift grid: -4:4, x=-8:8, -1:1:0.25 or 0,0;1,2 "
                                     "(default -4:4; fractional -2:2:0.5). Write --shifts=-4:4")
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--input", type=_size, default=(1, 28, 28), help="one input's CxHxW (default 1x28x28)")
     p.add_argument("--all", action="store_true", help="every submodule, not just the default set")
+
+    p = command("fetch-mnist", "Set up real MNIST once (download, verify, store); offline after.")
+    p.add_argument("--dest", default="data", help="folder for mnist.npz (default ./data)")
 
     p = command("demo", "The main job: audit a circular conv net and a max-pooled one.")
     p.add_argument("--out", default="out", help="folder for the results")
@@ -101,9 +106,12 @@ def cmd_audit(args) -> None:
     check_writable(args.out)                          # fail before the work, not after
     if args.crop is not None and len(args.crop) != 2:
         raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
-    x, y = load_data(args.data, seed=args.seed)
+    x, y = load_data(args.data, split="test", seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
+    if args.canvas:
+        from .data import place_on_canvas
+        x = place_on_canvas(x, (args.canvas, args.canvas))
     model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
     result = audit(model, (x, y), protocol=args.protocol, shifts=args.shifts, layers=args.layers,
                    pairs=args.pairs, pair_range=args.pair_range, margin=args.margin, fill=args.fill,
@@ -139,12 +147,23 @@ def cmd_layers(args) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def cmd_fetch_mnist(args) -> None:
+    from .data.mnist import FILENAME, fetch_mnist, load_mnist
+    target = Path(args.dest) / FILENAME
+    if target.is_file():
+        load_mnist("test", target)                       # verifies shapes and label counts
+        print(f"MNIST already set up: {target}")
+    else:
+        print(f"MNIST set up and verified: {fetch_mnist(args.dest)}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
     run_demo(Path(args.out))
 
 
-COMMANDS = {"audit": cmd_audit, "models": cmd_models, "layers": cmd_layers, "demo": cmd_demo}
+COMMANDS = {"audit": cmd_audit, "models": cmd_models, "layers": cmd_layers,
+            "fetch-mnist": cmd_fetch_mnist, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,94 @@
+"""Where images come from: a ``--data`` spec → ``(images N×C×H×W in [0, 1], labels or None)``.
+
+=============================  ==========================================================
+``mnist[:train|val|test]``     real MNIST (set up once by ``make data``), 28x28
+``fashion-mnist[:train|test]`` Debian's ``dataset-fashion-mnist`` IDX files
+``digits[:train|test]``        scikit-learn's 8x8 digits (always present)
+``idx:DIR[:train|test]``       MNIST-format IDX files (gzipped or raw) in DIR
+``folder:DIR``                 one sub-folder per class, images read with Pillow
+``synthetic[:N[:CxHxW]]``      N seeded random smooth images, no labels
+``FILE.npz|.npy|.pt``          arrays (see :mod:`shiftlab.data.files`)
+=============================  ==========================================================
+
+Every problem (a missing, empty, corrupt or mismatched file) is a one-line ShiftlabError.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ShiftlabError
+from .canvas import centred_position, place_on_canvas, random_positions
+from .files import load_array_file
+from .folder import load_image_folder
+from .idx import load_idx_dir, read_idx
+from .mnist import find_mnist, load_mnist
+from .synthetic import synthetic_images
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DIGITS_TRAIN = 1500          # the first 1500 of sklearn's 1797 digits train, the rest test
+
+__all__ = ["load_data", "synthetic_images", "place_on_canvas", "random_positions",
+           "centred_position", "read_idx", "load_idx_dir", "load_mnist", "find_mnist",
+           "load_image_folder", "load_array_file"]
+
+
+def _uint8_pair(x: np.ndarray, y: np.ndarray, scale: float = 255.0) -> tuple[Tensor, Tensor]:
+    images = torch.from_numpy(np.ascontiguousarray(x)).float()[:, None] / scale
+    return images, torch.from_numpy(np.asarray(y).astype(np.int64))
+
+
+def _digits(split: str) -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.images).float()[:, None] / 16.0
+    y = torch.from_numpy(d.target).long()
+    if split not in ("train", "test"):
+        raise ShiftlabError(f"digits has splits train and test, not {split!r}")
+    part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+    return x[part], y[part]
+
+
+def load_data(spec: str, split: str = "test", seed: int = 0) -> tuple[Tensor, Tensor | None]:
+    """Turn a data spec (see the module doc) into ``(images, labels or None)``.
+
+    ``split`` is the default split for sources that have them; a spec's own
+    ``:split`` suffix wins.
+    """
+    name, _, rest = spec.partition(":")
+    if name == "mnist":
+        return _uint8_pair(*load_mnist(rest or split), scale=256.0)   # the pickle's k/256
+    if name == "fashion-mnist":
+        if not FASHION_MNIST_DIR.is_dir():
+            raise ShiftlabError("Fashion-MNIST is not installed; apt-get install "
+                                "dataset-fashion-mnist, or give idx:DIR")
+        return _uint8_pair(*load_idx_dir(FASHION_MNIST_DIR, rest or (split if split != "val" else "test")))
+    if name == "digits":
+        return _digits(rest or (split if split != "val" else "test"))
+    if name == "idx":
+        directory, _, part = rest.rpartition(":") if rest.endswith((":train", ":test")) else (rest, "", "")
+        images, labels = load_idx_dir(directory, part or (split if split != "val" else "test"))
+        if images.dtype != np.uint8:
+            raise ShiftlabError(f"{directory}: IDX images must be uint8, got {images.dtype}")
+        return _uint8_pair(images, labels)
+    if name == "folder":
+        x, y, _ = load_image_folder(rest)
+        return x, y
+    if name == "synthetic":
+        try:
+            n = int(rest.split(":")[0]) if rest else 256
+            shape = tuple(int(v) for v in rest.split(":")[1].split("x")) if ":" in rest else (1, 28, 28)
+        except ValueError:
+            raise ShiftlabError(f"bad data spec {spec!r}; write synthetic:N or synthetic:N:CxHxW") from None
+        if n < 1 or len(shape) != 3 or min(shape) < 1:
+            raise ShiftlabError(f"bad data spec {spec!r}; need N >= 1 and a CxHxW shape")
+        return synthetic_images(n, shape, seed), None
+    x, y = load_array_file(spec)
+    if len(x) == 0:
+        raise ShiftlabError(f"{spec} holds no images")
+    if y is not None and len(y) != len(x):
+        raise ShiftlabError(f"{spec}: {len(x)} images but {len(y)} labels")
+    return x, y
