@@ -144,11 +144,13 @@ class _Aligner:
         self.h, self.w = ref.shape[-2:]
         energy = ref.to(torch.float64).square().sum(1)                  # (N, H, W)
         self.integral = torch.nn.functional.pad(energy.cumsum(1).cumsum(2), (1, 0, 1, 0))
-        self._kx, self._shifted = None, None
+        self._shifted: dict[int, Tensor] = {}        # kx -> reference shifted along W
         self._scratch = torch.empty(ref.numel(), dtype=ref.dtype, device=ref.device)
 
     def _ref_shifted_x(self, kx: int) -> Tensor:
-        if kx != self._kx:
+        if kx not in self._shifted:
+            if len(self._shifted) >= 2:              # shifts come column by column: keep two
+                self._shifted.pop(next(iter(self._shifted)))
             buf = torch.empty_like(self.ref)
             r = kx % self.w if self.action.circular else kx
             if r == 0:
@@ -158,8 +160,8 @@ class _Aligner:
                 buf[..., :r] = self.ref[..., self.w - r:]
             elif abs(r) < self.w:                    # outside columns are zeroed later
                 buf[..., max(r, 0):self.w + min(r, 0)] = self.ref[..., max(-r, 0):self.w - max(r, 0)]
-            self._kx, self._shifted = kx, buf
-        return self._shifted
+            self._shifted[kx] = buf
+        return self._shifted[kx]
 
     def _ref_sq(self, rows: slice, cols: slice, images: slice) -> Tensor:
         s = self.integral[images]

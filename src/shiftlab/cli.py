@@ -13,6 +13,10 @@ EXAMPLES = {
   shiftlab audit --model conv-maxpool --data synthetic:256 --protocol circular --out out/maxpool.json
   shiftlab audit --model my_net.py:build --weights net.pt --data digits.npz --protocol canvas --margin 2
   shiftlab audit --model lenet-wolf --data synthetic:64 --protocol fractional --shifts=-1:1:0.25""",
+    "train": """examples:
+  shiftlab train --model lenet-wolf --data mnist --epochs 3 --out out/lenet-wolf
+  shiftlab train --model lenet-wolf --data mnist --canvas 38 --augment shift:5 --out out/aug
+  shiftlab train --model lenet-wolf --data mnist --epochs 3 --out out/lenet-wolf --resume""",
     "layers": """example:
   shiftlab layers --model conv-maxpool --input 1x28x28""",
     "demo": """example:
@@ -76,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--input", type=_size, default=(1, 28, 28), help="one input's CxHxW (default 1x28x28)")
     p.add_argument("--all", action="store_true", help="every submodule, not just the default set")
+
+    p = command("train", "Train a zoo model (Adam, seeded, resumable checkpoints every epoch).")
+    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+    p.add_argument("--data", default="mnist", help="labelled data with train/test splits (default mnist)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--augment", help="shift:K = random shifts in [-K, K] px per image and epoch")
+    p.add_argument("--canvas", type=int, help="place images centred on an NxN canvas (e.g. 38)")
+    p.add_argument("--limit", type=int, help="train on the first N images only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt, model.safetensors, train.json")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("fetch-mnist", "Set up real MNIST once (download, verify, store); offline after.")
     p.add_argument("--dest", default="data", help="folder for mnist.npz (default ./data)")
@@ -147,6 +166,16 @@ def cmd_layers(args) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+    config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                         canvas=args.canvas, seed=args.seed, limit=args.limit,
+                         channels_last=not args.no_channels_last)
+    check_writable(Path(args.out) / "train.json")
+    train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+
+
 def cmd_fetch_mnist(args) -> None:
     from .data.mnist import FILENAME, fetch_mnist, load_mnist
     target = Path(args.dest) / FILENAME
@@ -162,7 +191,7 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.out))
 
 
-COMMANDS = {"audit": cmd_audit, "models": cmd_models, "layers": cmd_layers,
+COMMANDS = {"audit": cmd_audit, "train": cmd_train, "models": cmd_models, "layers": cmd_layers,
             "fetch-mnist": cmd_fetch_mnist, "demo": cmd_demo}
 
 

@@ -1,7 +1,14 @@
-"""The reference zoo: plain-torch models, built by name through the registry."""
-from . import convnet, lenet  # noqa: F401  (register the models)
-from .convnet import ConvNet
-from .lenet import LeNetWolf
-from .registry import create_model, list_models, model_doc, register_model
+"""The reference zoo: plain-torch models, built by name through the registry.
 
-__all__ = ["ConvNet", "LeNetWolf", "create_model", "list_models", "model_doc", "register_model"]
+Every zoo model has a ``geometry`` (total stride and receptive field, computed from its
+layers' settings); the probes measure the stride independently and a test compares them.
+"""
+from . import convnet, lenet, resnet  # noqa: F401  (register the models)
+from .convnet import ConvNet
+from .geometry import Geometry, chain_geometry
+from .lenet import LeNetWolf
+from .registry import builder_accepts, create_model, list_models, model_doc, register_model
+from .resnet import ResNetSmall
+
+__all__ = ["ConvNet", "LeNetWolf", "ResNetSmall", "Geometry", "chain_geometry",
+           "create_model", "list_models", "model_doc", "register_model", "builder_accepts"]

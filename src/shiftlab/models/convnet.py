@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .geometry import Geometry, chain_geometry
 from .registry import register_model
 
 
@@ -40,6 +41,13 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(c_in, num_classes)
+
+    def main_path(self) -> list[nn.Module]:
+        return list(self.features)
+
+    @property
+    def geometry(self) -> Geometry:
+        return chain_geometry(self.main_path())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))

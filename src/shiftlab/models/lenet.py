@@ -1,34 +1,80 @@
-"""The reference experiment's net (Christian Wolf, 2020): four 5x5 convs without pooling.
+"""The reference experiment's net (Christian Wolf, 2020) and variants that isolate one claim each.
 
-``conv 1→20→40→40→5`` (kernel 5, no padding, ReLU after each), then a 2x2 max-pool and a
-linear layer. Without padding every conv is exactly translation-equivariant on the overlap
-(no border effects), so the only equivariance break is the final max-pool. The linear head
-is sized from ``input_size`` (28 for MNIST, 38 for the sliding-digit canvas).
+``lenet-wolf``: ``conv 1→20→40→40→5`` (kernel 5, *no padding*, ReLU after each), then a
+2x2 max-pool and a linear layer. Without padding every conv is exactly
+translation-equivariant on the overlap, so the final max-pool is the only break. The
+linear head is **sized from the input** (``input_size``: 28 for MNIST, 38 for the
+sliding-digit canvas); the CLI passes the data's size.
+
+=========================  ==========================================================
+``lenet-wolf-maxpool``     'same' zero padding, 2x2 max-pool after conv 1 and conv 2
+``lenet-wolf-stride``      'same' zero padding, conv 2 and conv 3 with stride 2
+``lenet-wolf-gap``         last conv gives 10 class maps, global average pool = logits
+``lenet-wolf-circular``    'same' circular padding (exact under circular shifts)
+=========================  ==========================================================
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .geometry import Geometry, chain_geometry
 from .registry import register_model
 
 
 class LeNetWolf(nn.Module):
-    """conv(1→20→40→40→5, k=5, valid) + ReLU, max-pool 2, linear head for ``input_size``."""
+    """Four ``k×k`` convs with ReLU, optional pools/strides in between, then a head.
+
+    Args:
+        padding: ``"valid"`` (none), ``"zeros"`` or ``"circular"`` ('same' size).
+        pool_after: conv indices followed by a 2x2 max-pool.
+        strides: stride of each conv.
+        head: ``"linear"`` (2x2 max-pool, flatten, linear sized from ``input_size``) or
+            ``"gap"`` (global average pool of the last conv's maps; they are the logits).
+    """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28,
-                 channels=(20, 40, 40, 5), kernel_size: int = 5):
+                 channels=(20, 40, 40, 5), kernel_size: int = 5, padding: str = "valid",
+                 pool_after=(), strides=(1, 1, 1, 1), head: str = "linear"):
         super().__init__()
+        if head == "gap":
+            channels = (*channels[:-1], num_classes)
         layers: list[nn.Module] = []
-        c_in, side = in_channels, input_size
-        for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, kernel_size), nn.ReLU()]
-            c_in, side = c_out, side - (kernel_size - 1)
-        if side < 2:
-            raise ValueError(f"input_size {input_size} is too small for {len(channels)} "
-                             f"{kernel_size}x{kernel_size} convs")
+        c_in = in_channels
+        for i, (c_out, s) in enumerate(zip(channels, strides)):
+            pad = 0 if padding == "valid" else kernel_size // 2
+            mode = "zeros" if padding == "valid" else padding
+            layers += [nn.Conv2d(c_in, c_out, kernel_size, s, pad, padding_mode=mode), nn.ReLU()]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.MaxPool2d(2)
-        self.head = nn.Linear(c_in * (side // 2) ** 2, num_classes)   # side: last map's width
+        self.head_kind = head
+        if head == "gap":
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Identity()
+        else:
+            self.pool = nn.MaxPool2d(2)
+            side = self._side(input_size, kernel_size, padding, pool_after, strides)
+            if side < 2:
+                raise ValueError(f"input_size {input_size} is too small for this net "
+                                 f"(last map {side}x{side})")
+            self.head = nn.Linear(c_in * (side // 2) ** 2, num_classes)
+
+    @staticmethod
+    def _side(size: int, k: int, padding: str, pool_after, strides) -> int:
+        for i, s in enumerate(strides):
+            size = (size + (0 if padding == "valid" else 2 * (k // 2)) - k) // s + 1
+            if i in pool_after:
+                size //= 2
+        return size
+
+    def main_path(self) -> list[nn.Module]:
+        return [*self.features, self.pool]
+
+    @property
+    def geometry(self) -> Geometry:
+        """Total stride and receptive field of the spatial part (before the head)."""
+        return chain_geometry(self.main_path() if self.head_kind == "linear" else self.features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
@@ -36,5 +82,29 @@ class LeNetWolf(nn.Module):
 
 @register_model
 def lenet_wolf(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> LeNetWolf:
-    """Wolf's 4-conv net without pooling (k=5, valid), max-pool 2, linear head."""
+    """Wolf's net: 4 valid 5x5 convs, no pooling between, max-pool 2, linear head."""
     return LeNetWolf(in_channels, num_classes, input_size)
+
+
+@register_model
+def lenet_wolf_maxpool(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> LeNetWolf:
+    """lenet-wolf with 'same' padding and 2x2 max-pools after convs 1 and 2."""
+    return LeNetWolf(in_channels, num_classes, input_size, padding="zeros", pool_after=(0, 1))
+
+
+@register_model
+def lenet_wolf_stride(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> LeNetWolf:
+    """lenet-wolf with 'same' padding and stride-2 convs 2 and 3."""
+    return LeNetWolf(in_channels, num_classes, input_size, padding="zeros", strides=(1, 2, 2, 1))
+
+
+@register_model
+def lenet_wolf_gap(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> LeNetWolf:
+    """lenet-wolf whose last conv gives class maps, averaged globally (no linear head)."""
+    return LeNetWolf(in_channels, num_classes, input_size, head="gap")
+
+
+@register_model
+def lenet_wolf_circular(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> LeNetWolf:
+    """lenet-wolf with 'same' circular padding: exactly equivariant under circular shifts."""
+    return LeNetWolf(in_channels, num_classes, input_size, padding="circular")
