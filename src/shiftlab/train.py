@@ -205,7 +205,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             loss.backward()
             optimizer.step()
             n = len(yb)
-            loss_sum += float(loss) * n
+            loss_sum += loss.item() * n
             hits += int((logits.argmax(1) == yb).sum())
             count += n
             bar.update(n)
