@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="mnist", help="labelled data with train/test splits (default mnist)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    p.add_argument("--schedule", default="cosine", choices=("cosine", "constant"),
+                   help="cosine: 3%% warm-up then cosine decay to 0 (default)")
     p.add_argument("--augment", help="shift:K = random shifts in [-K, K] px per image and epoch")
     p.add_argument("--canvas", type=int, help="place images centred on an NxN canvas (e.g. 38)")
     p.add_argument("--limit", type=int, help="train on the first N images only")
@@ -98,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("fetch-mnist", "Set up real MNIST once (download, verify, store); offline after.")
     p.add_argument("--dest", default="data", help="folder for mnist.npz (default ./data)")
+
+    p = command("experiment", "Run one of the seeds' claims as an experiment (see --list).")
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments, one line each")
+    p.add_argument("--out", default="out", help="folder for the JSON and figures (default out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
 
     p = command("demo", "The main job: audit a circular conv net and a max-pooled one.")
     p.add_argument("--out", default="out", help="folder for the results")
@@ -169,7 +178,7 @@ def cmd_layers(args) -> None:
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
     config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                         batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, augment=args.augment,
                          canvas=args.canvas, seed=args.seed, limit=args.limit,
                          channels_last=not args.no_channels_last)
     check_writable(Path(args.out) / "train.json")
@@ -186,13 +195,32 @@ def cmd_fetch_mnist(args) -> None:
         print(f"MNIST set up and verified: {fetch_mnist(args.dest)}")
 
 
+def cmd_experiment(args) -> None:
+    from .experiments import EXPERIMENTS, run_experiment
+    if args.list or not args.name:
+        width = max(map(len, EXPERIMENTS))
+        for name, (_, line) in EXPERIMENTS.items():
+            print(f"{name.ljust(width)}  {line}")
+        if not args.list:
+            raise ShiftlabError("give an experiment name (listed above)")
+        return
+    if args.name not in EXPERIMENTS:
+        raise ShiftlabError(f"unknown experiment {args.name!r}; see `shiftlab experiment --list`")
+    result = run_experiment(args.name, args.out, seed=args.seed, quick=args.quick)
+    print(f"\n{result.title}\n\n{result.table()}\n")
+    for claim, holds in result.claims.items():
+        print(f"  [{'holds' if holds else 'FAILS'}] {claim}")
+    print(f"\nwrote {Path(args.out) / f'experiment-{result.name}.json'}"
+          + "".join(f", {Path(args.out) / f}" for f in result.figures))
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
     run_demo(Path(args.out))
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "models": cmd_models, "layers": cmd_layers,
-            "fetch-mnist": cmd_fetch_mnist, "demo": cmd_demo}
+            "fetch-mnist": cmd_fetch_mnist, "experiment": cmd_experiment, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

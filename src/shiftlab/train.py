@@ -12,6 +12,7 @@ per-epoch loss/accuracy, test accuracy, throughput).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ class TrainConfig:
     data: str = "mnist"
     epochs: int = 3
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3                    # peak learning rate
+    schedule: str = "cosine"            # "cosine" (warm-up, then cosine decay to 0) or "constant"
     augment: str | None = None          # "shift:K": random canvas shifts in [-K, K]^2
     canvas: int | None = None           # place images centred on an NxN canvas first
     seed: int = 0
@@ -56,6 +58,8 @@ class TrainConfig:
             raise ShiftlabError(f"lr must be positive, got {self.lr}")
         if self.limit is not None and self.limit < 1:
             raise ShiftlabError(f"limit must be at least 1, got {self.limit}")
+        if self.schedule not in SCHEDULES:
+            raise ShiftlabError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
         self.shift_range()
 
 
@@ -67,6 +71,22 @@ class TrainRecord:
     test_images: int = 0
     images_per_second: float | None = None
     resumed_from_epoch: int | None = None
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate at optimiser step ``step`` of ``total``: a pure function of the
+    step, so a resumed run follows the same schedule. ``cosine`` warms up linearly over the
+    first 3 % of steps, then decays as ``lr·(1 + cos(π·t))/2``."""
+    if config.schedule == "constant":
+        return config.lr
+    warm = max(1, round(0.03 * total))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -192,12 +212,16 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     shift = config.shift_range()
     model.train()
     seen, busy = 0, 0.0
+    steps_per_epoch = -(-len(x) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
         g = epoch_generator(config.seed, epoch)
         loss_sum, hits, count, t0 = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(total=len(x), unit="img", desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
-        for xb, yb in batches(x, y, config.batch_size, g, shift):
+        for i, (xb, yb) in enumerate(batches(x, y, config.batch_size, g, shift)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, epoch * steps_per_epoch + i, total_steps)
             xb = xb.contiguous(memory_format=memory)
             logits = model(xb)
             loss = loss_fn(logits, yb)

@@ -1,0 +1,44 @@
+"""The seeds' claims as experiments: ``shiftlab experiment NAME``.
+
+Each experiment is a function ``run(out: Path, *, seed: int = 0, quick: bool = False,
+log=print) -> ExperimentResult`` in its own module; it writes its figures and
+``experiment-NAME.json`` into ``out``. ``quick=True`` shrinks it for the test suite.
+Modules are imported only when their experiment runs.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+from ..errors import ShiftlabError
+from .base import ExperimentResult
+
+#: name -> (module, one-line description)
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "pooling": ("pooling", "max-pooling gives invariance only to small shifts: no pool vs pool 2, 4 vs global"),
+    "augmentation": ("augmentation", "invariance learned from shifted data does not reach beyond the trained region"),
+    "convolution-theorem": ("convolution_theorem", "a linear map that commutes with shifts is a convolution"),
+    "template-matching": ("template_matching", "correlation maps move with the object; their max does not"),
+    "bag-of-features": ("bag_of_features", "global pooling of letter detectors cannot tell anagrams apart"),
+    "rotation": ("rotation", "CNNs are not rotation-equivariant; a p4 group-conv net is, exactly for rot90"),
+    "receptive-fields": ("receptive_fields", "Hubel & Wiesel for a CNN: bar sweeps give position/orientation tuning"),
+    "weight-sharing": ("weight_sharing", "a conv layer: far fewer parameters than a dense one, and equivariant"),
+}
+
+
+def run_experiment(name: str, out: str | Path, *, seed: int = 0, quick: bool = False,
+                   log=print) -> ExperimentResult:
+    """Run experiment ``name``, save its JSON (and figures) in ``out``, return the result."""
+    if name not in EXPERIMENTS:
+        raise ShiftlabError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    module = importlib.import_module(f"{__name__}.{EXPERIMENTS[name][0]}")
+    out = Path(out)
+    start = time.perf_counter()
+    result = module.run(out, seed=seed, quick=quick, log=log)
+    result.seconds = round(time.perf_counter() - start, 2)
+    result.save(out)
+    return result
+
+
+__all__ = ["EXPERIMENTS", "ExperimentResult", "run_experiment"]
