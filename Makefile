@@ -35,6 +35,7 @@ test: $(STAMP) $(MNIST)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/audit_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info $(DATA)

@@ -90,3 +90,28 @@ def test_damaged_or_foreign_checkpoints_are_refused(tmp_path, small_mnist):
 def test_bad_training_settings(tmp_path, small_mnist, kwargs, match):
     with pytest.raises(ShiftlabError, match=match):
         train(TrainConfig(**kwargs), tmp_path, progress=False, data=small_mnist)
+
+
+def test_init_loads_matching_tensors_and_reinitialises_the_rest(tmp_path, small_mnist):
+    """Fine-tuning on a 38x38 canvas from a 28x28 run: the convs carry over, the head
+    (sized from the input) starts fresh."""
+    data = ((small_mnist[0][0][:200], small_mnist[0][1][:200]), small_mnist[1])
+    quiet = dict(progress=False, log=lambda *_: None)
+    train(TrainConfig(model="lenet-wolf", epochs=1, seed=0), tmp_path / "base", data=data, **quiet)
+    base = load_file(str(tmp_path / "base" / WEIGHTS))
+    messages = []
+    cfg = TrainConfig(model="lenet-wolf", epochs=1, seed=0, canvas=38, limit=1,
+                      lr=1e-12, schedule="constant", init=str(tmp_path / "base" / WEIGHTS))
+    train(cfg, tmp_path / "tuned", data=data, progress=False, log=messages.append)
+    tuned = load_file(str(tmp_path / "tuned" / WEIGHTS))
+    convs = [k for k in base if k.startswith("features.")]
+    assert convs and all(torch.allclose(base[k], tuned[k], atol=1e-9) for k in convs)
+    assert tuned["head.weight"].shape != base["head.weight"].shape
+    assert any("1 newly initialised (head.weight)" in m for m in messages), messages
+
+
+def test_init_from_an_unrelated_checkpoint_is_refused(tmp_path, small_mnist):
+    torch.save({"other.weight": torch.zeros(3)}, tmp_path / "w.pt")
+    cfg = TrainConfig(model="lenet-wolf", epochs=1, init=str(tmp_path / "w.pt"))
+    with pytest.raises(ShiftlabError, match="no tensor in .* matches the model"):
+        train(cfg, tmp_path / "out", data=small_mnist, progress=False, log=lambda *_: None)

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", help="shift:K = random shifts in [-K, K] px per image and epoch")
     p.add_argument("--canvas", type=int, help="place images centred on an NxN canvas (e.g. 38)")
     p.add_argument("--limit", type=int, help="train on the first N images only")
+    p.add_argument("--init", help="start from these weights (tensors matching by name and shape), "
+                                  "e.g. a baseline's model.safetensors before fine-tuning a converted net")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for checkpoint.pt, model.safetensors, train.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -180,7 +182,7 @@ def cmd_train(args) -> None:
     config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, augment=args.augment,
                          canvas=args.canvas, seed=args.seed, limit=args.limit,
-                         channels_last=not args.no_channels_last)
+                         channels_last=not args.no_channels_last, init=args.init)
     check_writable(Path(args.out) / "train.json")
     train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
 

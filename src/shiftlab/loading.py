@@ -90,3 +90,17 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise ShiftlabError(f"weights in {path} do not match the model: {'; '.join(parts)}")
     model.load_state_dict(state)
     return model
+
+
+def load_matching_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Copy into ``model`` every tensor of the checkpoint at ``path`` whose name and shape
+    match; leave the rest as initialised. For fine-tuning a related architecture (a head
+    sized for another input, a converted pool). Returns ``(loaded, kept)`` key lists."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    loaded = [k for k in own if k in state and state[k].shape == own[k].shape]
+    if not loaded:
+        raise ShiftlabError(f"no tensor in {path} matches the model by name and shape; "
+                            "is it a checkpoint of a related architecture?")
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded, [k for k in own if k not in loaded]

@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     limit: int | None = None            # train on the first N images only
     channels_last: bool = True
+    init: str | None = None             # start from these weights (matching names and shapes)
 
     def shift_range(self) -> int:
         if not self.augment:
@@ -184,6 +185,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         x, y = x[:config.limit], y[:config.limit]
     x, x_test = prepare(x, config.canvas), prepare(x_test, config.canvas)
     model = build_model(config, x[0])
+    if config.init and not (resume and (out / CHECKPOINT).is_file()):
+        from .loading import load_matching_weights
+        loaded, kept = load_matching_weights(model, config.init)
+        log(f"initialised {len(loaded)} tensors from {config.init}"
+            + (f"; {len(kept)} newly initialised ({', '.join(kept[:4])})" if kept else ""))
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
