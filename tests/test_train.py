@@ -38,7 +38,16 @@ def test_resumed_training_equals_uninterrupted(tmp_path, small_mnist):
     quiet = dict(progress=False, data=data, log=lambda *_: None)
     cfg = dict(model="lenet-wolf", batch_size=50, seed=3, augment="shift:2")
     train(TrainConfig(epochs=3, **cfg), tmp_path / "straight", **quiet)
-    train(TrainConfig(epochs=1, **cfg), tmp_path / "split", **quiet)            # stopped
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(message):
+        if message.startswith("epoch 1/3"):                 # logged after the checkpoint
+            raise Stop
+    with pytest.raises(Stop):
+        train(TrainConfig(epochs=3, **cfg), tmp_path / "split", progress=False, data=data,
+              log=stop_after_first_epoch)
     record = train(TrainConfig(epochs=3, **cfg), tmp_path / "split", resume=True, **quiet)
     assert record.resumed_from_epoch == 1 and len(record.epochs) == 3
     a = load_file(str(tmp_path / "straight" / WEIGHTS))

@@ -21,6 +21,14 @@ EXAMPLES = {
   shiftlab layers --model conv-maxpool --input 1x28x28""",
     "demo": """example:
   shiftlab demo --out out""",
+    "animate": """examples:
+  shiftlab animate --model lenet-wolf --weights out/models/lenet-wolf/model.safetensors --out out/animation-lenet-wolf.gif
+  shiftlab animate --model lenet-wolf-maxpool --data mnist --index 7 --path loop --clusters 8 --out loop.gif""",
+    "report": """example:
+  shiftlab report out -o out/report.html""",
+    "convert": """examples:
+  shiftlab convert --model lenet-wolf-maxpool --weights out/maxpool/model.safetensors --method blurpool --out out/blur.safetensors
+  shiftlab convert --model resnet-small --method aps --input 1x32x32 --out out/resnet-aps.safetensors""",
 }
 
 
@@ -110,8 +118,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
 
-    p = command("demo", "The main job: audit a circular conv net and a max-pooled one.")
+    p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
+    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+    p.add_argument("--weights", help="checkpoint of the unconverted model (.pt state dict or .safetensors)")
+    p.add_argument("--method", required=True, help="blurpool, aps or circular")
+    p.add_argument("--filter-size", type=int, help="binomial filter size 1..7 (default 3 for blurpool, "
+                                                   "no pre-blur for aps)")
+    p.add_argument("--padding", help="blur padding: reflect, replicate, zeros or circular")
+    p.add_argument("--input", type=_size, default=(1, 28, 28),
+                   help="one input's CxHxW, to check sizes (default 1x28x28)")
+    p.add_argument("--out", required=True, help="where to write the converted weights (.safetensors or .pt)")
+
+    p = command("animate", "Animate feature maps of a digit sliding over a canvas (Wolf's GIF).")
+    model_args(p)
+    p.add_argument("--data", default="mnist", help="where the image comes from (test split; default mnist)")
+    p.add_argument("--index", type=int, default=0, help="which image of the data (default 0)")
+    p.add_argument("--canvas", type=int, default=38, help="side of the canvas the image slides on (default 38)")
+    p.add_argument("--path", default="left-right", choices=["left-right", "diagonal", "loop"])
+    p.add_argument("--layers", help="comma-separated feature-map layers (default: 3, first to deepest)")
+    p.add_argument("--clusters", type=int, default=6, help="k-means colours (default 6)")
+    p.add_argument("--fps", type=int, default=8, help="frames per second (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--out", required=True, help="the GIF to write")
+
+    p = command("report", "Write the self-contained HTML report of a results folder.")
+    p.add_argument("results", help="results folder (audit-*.json, models/*/train.json, animation-*.gif, "
+                                   "explorer-*.json, experiment-*.json)")
+    p.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default report.html)")
+    p.add_argument("--title", default="shiftlab report")
+
+    p = command("demo", "The main job: train the zoo on MNIST, audit, animate, write out/report.html.")
     p.add_argument("--out", default="out", help="folder for the results")
+    p.add_argument("--retrain", action="store_true", help="train again even where a model is saved")
     return parser
 
 
@@ -154,11 +192,19 @@ def cmd_audit(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from .models import list_models, model_doc
-    names = list_models()
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name.ljust(width)}  {model_doc(name)}")
+    from .models import create_model, list_models, model_doc
+    rows = [("model", "stride", "RF", "params", "description")]
+    for name in list_models():
+        model = create_model(name)
+        geometry = getattr(model, "geometry", None)
+        rows.append((name, str(geometry.total_stride) if geometry else "-",
+                     str(geometry.receptive_field) if geometry else "-",
+                     f"{sum(p.numel() for p in model.parameters()):,}", model_doc(name)))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    print("\nstride: total stride of the spatial path; RF: its receptive field in input pixels "
+          "(both computed from the layers, and checked against the probes in the tests)")
 
 
 def cmd_layers(args) -> None:
@@ -216,13 +262,73 @@ def cmd_experiment(args) -> None:
           + "".join(f", {Path(args.out) / f}" for f in result.figures))
 
 
+def cmd_convert(args) -> None:
+    from .convert import convert
+    from .io import atomic_path
+    from .loading import load_model, load_weights
+    out = check_writable(args.out)
+    if out.suffix not in (".safetensors", ".pt"):
+        raise ShiftlabError(f"--out must end in .safetensors or .pt, got {str(out)!r}")
+    if len(args.input) != 3:
+        raise ShiftlabError(f"--input needs CxHxW, got {'x'.join(map(str, args.input))}")
+    model = load_model(args.model, args.input[-1])
+    if args.weights:
+        load_weights(model, args.weights)
+    before = dict(model.named_modules())
+    converted, replaced = convert(model, args.method, filter_size=args.filter_size,
+                                  padding=args.padding, input_shape=args.input)
+    after = dict(converted.named_modules())
+    for name in replaced:
+        old, new = type(before[name]).__name__, type(after[name]).__name__
+        print(f"{name or '(model)'}: {old} -> {new}" if old != new else f"{name}: {old} made circular")
+    if not replaced:
+        print(f"nothing to convert: {args.model} has no layer that {args.method} changes")
+    state = {k: v.contiguous() for k, v in converted.state_dict().items()}
+    with atomic_path(out) as tmp:
+        if out.suffix == ".pt":
+            import torch
+            torch.save(state, tmp)
+        else:
+            from safetensors.torch import save_file
+            save_file(state, str(tmp), metadata={"model": args.model, "method": args.method,
+                                                 "filter_size": str(args.filter_size),
+                                                 "padding": str(args.padding)})
+    print(f"wrote {out} ({len(replaced)} layers converted by {args.method}; rebuild the model "
+          "with shiftlab.convert before loading it)")
+
+
+def cmd_animate(args) -> None:
+    from .data import load_data
+    from .viz.animate import animate
+    check_writable(args.out)
+    x, y = load_data(args.data, split="test", seed=0)
+    if not 0 <= args.index < len(x):
+        raise ShiftlabError(f"--index must be in [0, {len(x) - 1}] for {args.data}, got {args.index}")
+    model = _load_model(args, input_size=args.canvas)
+    label = None if y is None else int(y[args.index])
+    path, frames = animate(model, x[args.index], args.out, canvas=args.canvas, path=args.path,
+                           layers=args.layers, clusters=args.clusters, seed=args.seed, fps=args.fps,
+                           label=label, title=args.model)
+    shown = ", ".join(f"{v.name} (stride {v.stride})" for v in frames.layers[1:])
+    print(f"wrote {path}: {len(frames)} frames of {args.model} on a {args.canvas}x{args.canvas} canvas; "
+          f"layers {shown}")
+
+
+def cmd_report(args) -> None:
+    from .report import build_report
+    path = build_report(args.results, args.out, title=args.title)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
-    run_demo(Path(args.out))
+    check_writable(Path(args.out) / "report.html")
+    run_demo(Path(args.out), retrain=args.retrain)
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "models": cmd_models, "layers": cmd_layers,
-            "fetch-mnist": cmd_fetch_mnist, "experiment": cmd_experiment, "demo": cmd_demo}
+            "fetch-mnist": cmd_fetch_mnist, "experiment": cmd_experiment, "demo": cmd_demo,
+            "convert": cmd_convert, "animate": cmd_animate, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,32 +1,197 @@
-"""``make demo``: audit an exactly equivariant net and a max-pooled one, side by side."""
+"""``make demo``, the main job: train the zoo on real MNIST, audit it, animate it, report it.
+
+Steps (each prints one progress line, with its time):
+
+1. **train** the demo models (:data:`RUNS`) into ``out/models/NAME/``. A run whose
+   ``train.json`` shows the same settings is reused (and says so) unless ``retrain``.
+   The fixed nets (BlurPool, APS) and the 38×38-canvas nets start from their baseline's
+   trained weights (``init``: tensors matching by name and shape) and are fine-tuned, the
+   way a user fixes a trained model: convert, then train briefly.
+2. **audit** each model on MNIST test digits: circular and canvas shifts for the 28×28
+   nets, canvas shifts for the 38×38 ones → ``out/audit-NAME-PROTOCOL.json``.
+3. **animate** Wolf's sliding digit through the 38×38 nets → ``out/animation-NAME.gif``,
+   and precompute the report's shift explorer → ``out/explorer-NAME.json``.
+4. **report**: figures and one self-contained ``out/report.html``.
+"""
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .audit import audit
-from .data import synthetic_images
-from .models import create_model
-
-DEMO_MODELS = ("conv-circular", "conv-maxpool")
 
 
-def run_demo(out: Path, n_images: int = 128, seed: int = 0) -> dict[str, Path]:
-    """Audit each demo model under circular shifts; print its table; write JSON to ``out``."""
-    images = synthetic_images(n_images, (1, 28, 28), seed)
-    written = {}
-    for step, name in enumerate(DEMO_MODELS, 1):
-        torch.manual_seed(seed)
-        model = create_model(name)
+@dataclass(frozen=True)
+class DemoRun:
+    """One model the demo trains: a zoo ``model`` trained as ``name``."""
+    name: str
+    model: str
+    epochs: int = 1
+    limit: int | None = None          # training images (None: all 50,000)
+    canvas: int | None = None         # train and audit on digits centred on this canvas
+    augment: str | None = None
+    init: str | None = None           # the demo run whose weights this one starts from
+    lr: float = 3e-3
+
+
+RUNS: tuple[DemoRun, ...] = (
+    DemoRun("lenet-wolf", "lenet-wolf", epochs=2),
+    DemoRun("lenet-wolf-maxpool", "lenet-wolf-maxpool", epochs=2),
+    DemoRun("lenet-wolf-maxpool-blur", "lenet-wolf-maxpool-blur", limit=20_000,
+            init="lenet-wolf-maxpool", lr=1e-3),
+    DemoRun("lenet-wolf-maxpool-aps", "lenet-wolf-maxpool-aps", limit=30_000,
+            init="lenet-wolf-maxpool"),
+    DemoRun("lenet-wolf-38", "lenet-wolf", canvas=38, limit=15_000, init="lenet-wolf", lr=1e-3),
+    DemoRun("lenet-wolf-38-shift5", "lenet-wolf", canvas=38, augment="shift:5", limit=25_000,
+            init="lenet-wolf", lr=1e-3),
+)
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo; the test suite shrinks them."""
+    train_limit: int | None = None    # cap on every run's training images
+    test_images: int = 1000           # for test accuracy
+    audit_images: int = 200
+    audit_shifts: str = "-4:4"
+    digit_index: int = 0              # the MNIST test digit that slides
+    path: str = "left-right"          # its path across the canvas
+    experiments: tuple[str, ...] = ("convolution-theorem", "template-matching", "weight-sharing")
+    runs: tuple[DemoRun, ...] = RUNS
+    seed: int = 0
+
+
+def _say(step: str, message: str) -> None:
+    print(f"[{step}] {message}", flush=True)
+
+
+def train_runs(out: Path, settings: DemoSettings, retrain: bool = False) -> dict[str, dict]:
+    """Train (or reuse) every demo run; return each run's training record."""
+    from .data import load_data
+    from .train import RECORD, WEIGHTS, TrainConfig, train
+    train_xy = load_data("mnist", split="train", seed=settings.seed)
+    test_x, test_y = load_data("mnist", split="test", seed=settings.seed)
+    test_xy = (test_x[:settings.test_images], test_y[:settings.test_images])
+    records: dict[str, dict] = {}
+    for i, run in enumerate(settings.runs, 1):
+        folder = out / "models" / run.name
+        limit = min(filter(None, (run.limit, settings.train_limit)), default=None)
+        init = str(out / "models" / run.init / WEIGHTS) if run.init else None
+        config = TrainConfig(model=run.model, data="mnist", epochs=run.epochs, lr=run.lr,
+                             augment=run.augment, canvas=run.canvas, seed=settings.seed,
+                             limit=limit, init=init)
+        step = f"train {i}/{len(settings.runs)}"
+        record_path = folder / RECORD
+        if not retrain and record_path.is_file() and (folder / WEIGHTS).is_file():
+            old = json.loads(record_path.read_text())
+            if old.get("config") == asdict(config) and old.get("test_images") == len(test_xy[0]):
+                records[run.name] = old
+                _say(step, f"reusing trained {run.name}: test accuracy "
+                           f"{old['test_accuracy']:.2%} ({record_path}; --retrain to train again)")
+                continue
         start = time.perf_counter()
-        print(f"[{step}/{len(DEMO_MODELS)}] auditing {name} on {n_images} images under "
-              "circular shifts -4:4 ...", flush=True)
-        result = audit(model, images, protocol="circular", shifts="-4:4", name=name, seed=seed)
-        print(result.table())
-        written[name] = result.to_json(out / f"audit-{name}.json")
-        print(f"    -> {written[name]} ({time.perf_counter() - start:.1f} s)\n", flush=True)
-    print("Read the tables: every layer of conv-circular is equivariant to float precision; "
-          "conv-maxpool is exact only at multiples of its stride (2, then 4) — max-pooling aliases.")
+        _say(step, f"training {run.name} ({run.model}, {limit or len(train_xy[0])} images x "
+                   f"{run.epochs} epoch{'s' * (run.epochs > 1)}"
+                   + (f", canvas {run.canvas}" if run.canvas else "")
+                   + (f", augment {run.augment}" if run.augment else "")
+                   + (f", from {run.init}" if run.init else "") + ") ...")
+        record = train(config, folder, data=(train_xy, test_xy), progress=False,
+                       log=lambda *_: None)
+        records[run.name] = asdict(record)
+        _say(step, f"{run.name}: test accuracy {record.test_accuracy:.2%} "
+                   f"({time.perf_counter() - start:.0f} s)")
+    return records
+
+
+def trained_model(out: Path, run: DemoRun) -> torch.nn.Module:
+    """The demo run's trained model, in eval mode."""
+    from .loading import load_weights
+    from .models import builder_accepts, create_model
+    from .train import WEIGHTS
+    kwargs = {"input_size": run.canvas or 28} if builder_accepts(run.model, "input_size") else {}
+    model = create_model(run.model, **kwargs)
+    return load_weights(model, out / "models" / run.name / WEIGHTS).eval()
+
+
+def audit_runs(out: Path, settings: DemoSettings) -> dict[str, Path]:
+    """Audit every trained run; write ``audit-NAME-PROTOCOL.json``; return the paths."""
+    from .audit import audit
+    from .data import load_data, place_on_canvas
+    x, y = load_data("mnist", split="test", seed=settings.seed)
+    x, y = x[-settings.audit_images:], y[-settings.audit_images:]   # not the test-accuracy images
+    written = {}
+    for i, run in enumerate(settings.runs, 1):
+        model = trained_model(out, run)
+        images = place_on_canvas(x, (run.canvas, run.canvas)) if run.canvas else x
+        protocols = ("canvas",) if run.canvas else ("circular", "canvas")
+        for protocol in protocols:
+            start = time.perf_counter()
+            result = audit(model, (images, y), protocol=protocol, shifts=settings.audit_shifts,
+                           seed=settings.seed, name=run.name)
+            path = result.to_json(out / f"audit-{run.name}-{protocol}.json")
+            written[f"{run.name}-{protocol}"] = path
+            inv = result.invariance
+            _say(f"audit {i}/{len(settings.runs)}",
+                 f"{run.name}, {protocol} shifts {settings.audit_shifts}: consistency "
+                 f"{_pct(inv.consistency)}, flip rate {_pct(inv.flip_rate)}, worst-case accuracy "
+                 f"{_pct(inv.worst_case_accuracy)} ({time.perf_counter() - start:.0f} s) -> {path}")
     return written
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def run_demo(out: str | Path = "out", *, retrain: bool = False,
+             settings: DemoSettings | None = None) -> Path:
+    """Run every step of the demo into ``out``; return the report's path."""
+    settings = settings or DemoSettings()
+    out = Path(out)
+    start = time.perf_counter()
+    from .data.mnist import find_mnist
+    find_mnist()                                        # a one-line error if MNIST is missing
+    train_runs(out, settings, retrain)
+    audit_runs(out, settings)
+    report = visualise(out, settings)
+    _say("done", f"{time.perf_counter() - start:.0f} s; open {report.resolve()}")
+    return report
+
+
+def visualise(out: Path, settings: DemoSettings) -> Path:
+    """Wolf's animation and the shift explorer for each canvas net, then the HTML report."""
+    from .data import load_data
+    from .report import build_report
+    from .viz.animate import animate
+    from .viz.explorer import explorer_frames, save_explorer
+    x, y = load_data("mnist", split="test", seed=settings.seed)
+    image, label = x[settings.digit_index], int(y[settings.digit_index])
+    canvas_runs = [r for r in settings.runs if r.canvas]
+    for i, run in enumerate(canvas_runs, 1):
+        start = time.perf_counter()
+        model = trained_model(out, run)
+        title = f"{run.name}: a {label} slides across the {run.canvas}x{run.canvas} canvas"
+        gif, frames = animate(model, image, out / f"animation-{run.name}.gif", canvas=run.canvas,
+                              path=settings.path, label=label, title=title, seed=settings.seed)
+        explorer = explorer_frames(model, image, canvas=run.canvas, label=label, title=run.name,
+                                   seed=settings.seed)
+        saved = save_explorer(explorer, out, run.name)
+        _say(f"animate {i}/{len(canvas_runs)}", f"{run.name}: {len(frames)} frames -> {gif}, "
+                                                f"explorer -> {saved} ({time.perf_counter() - start:.0f} s)")
+    for i, name in enumerate(settings.experiments, 1):
+        from .experiments import run_experiment
+        start = time.perf_counter()
+        result = run_experiment(name, out, seed=settings.seed, log=lambda *_: None)
+        held = sum(result.claims.values())
+        _say(f"experiment {i}/{len(settings.experiments)}",
+             f"{name}: {held}/{len(result.claims)} claims hold ({time.perf_counter() - start:.0f} s)")
+    start = time.perf_counter()
+    report = build_report(out, out / "report.html", title="shiftlab: is the CNN shift-equivariant?")
+    _say("report", f"{report} ({report.stat().st_size / 1e6:.1f} MB, "
+                   f"{time.perf_counter() - start:.0f} s)")
+    return report
+
+
+__all__ = ["DemoRun", "DemoSettings", "RUNS", "run_demo", "train_runs", "audit_runs", "trained_model"]

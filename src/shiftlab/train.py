@@ -3,7 +3,9 @@
 Reproducibility: the initial weights come from ``seed``; epoch ``e`` shuffles and augments
 with a generator seeded by ``(seed, e)``; the checkpoint written after each epoch holds the
 model and the Adam state. So an interrupted run resumed with ``resume=True`` ends with the
-same weights as an uninterrupted one (bitwise on CPU, same thread count).
+same weights as an uninterrupted one (bitwise on CPU, same thread count). The learning
+rate is a pure function of the step and the planned number of steps, so resuming with a
+larger ``epochs`` continues on a re-planned (longer) cosine schedule.
 
 Outputs in ``out``: ``checkpoint.pt`` (atomic, every epoch; read with
 ``weights_only=True``), ``model.safetensors`` (final weights) and ``train.json`` (config,

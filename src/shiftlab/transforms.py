@@ -378,3 +378,74 @@ def make_action(protocol: str, *, fill: float = 0.0,
             raise ShiftlabError(f"crop window must be two positive sizes (h, w), got {tuple(crop)}")
         return CropShift(size=size)
     return PROTOCOLS[protocol]()
+
+
+# ----------------------------------------------------------------------------- interpolated
+__all__ += ["rotate", "rescale", "central_mask"]
+
+
+def central_mask(size: tuple[int, int], device=None) -> Tensor:
+    """``(H, W)`` bool: pixel centres inside the disk inscribed in the image (radius
+    ``min(H, W) / 2`` about the centre), the region any rotation maps onto itself."""
+    h, w = size
+    yy = torch.arange(h, device=device, dtype=torch.float64)[:, None] - (h - 1) / 2
+    xx = torch.arange(w, device=device, dtype=torch.float64)[None, :] - (w - 1) / 2
+    return yy ** 2 + xx ** 2 <= (min(h, w) / 2) ** 2
+
+
+def _resample(x: Tensor, inverse: Tensor, mask: bool) -> Tensor:
+    """Bilinear resampling: output pixel ``p`` (centred pixel units, (x right, y down)) takes
+    the input at ``inverse[n] @ p``; zeros outside; optionally zero outside the central disk."""
+    from torch.nn import functional as F
+    n, _, h, w = x.shape
+    to_norm = torch.tensor([[2.0 / w, 0.0], [0.0, 2.0 / h]], dtype=torch.float64)
+    from_norm = torch.tensor([[w / 2.0, 0.0], [0.0, h / 2.0]], dtype=torch.float64)
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, :, :2] = to_norm @ inverse @ from_norm
+    grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if mask:
+        out = out * central_mask((h, w), x.device).to(x.dtype)
+    return out
+
+
+def _per_sample(values, n: int, what: str) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n or not torch.isfinite(t).all():
+        raise ShiftlabError(f"{what} must be one finite number or one per sample ({n}), "
+                            f"got {t.tolist()[:6]}")
+    return t
+
+
+def rotate(x: Tensor, degrees, *, mask: bool = False) -> Tensor:
+    """Rotate by ``degrees`` counter-clockwise about the image centre (bilinear, zero fill).
+
+    Same sense as :func:`rot90`: ``rotate(x, 90)`` equals ``rot90(x, 1)`` on square images
+    up to rounding. ``degrees`` is one number or one per sample. ``mask=True`` zeroes the
+    corners outside the central disk (:func:`central_mask`), which a rotation would cut.
+    Interpolation blurs: ``rotate(rotate(x, a), -a) ≠ x`` in general.
+    """
+    _check_images(x)
+    if x.shape[-1] != x.shape[-2]:
+        raise ShiftlabError(f"rotate needs square images, got {x.shape[-2]}x{x.shape[-1]}; "
+                            "crop or pad them first")
+    a = torch.deg2rad(_per_sample(degrees, x.shape[0], "degrees"))
+    c, s = torch.cos(a), torch.sin(a)
+    inverse = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)   # (N, 2, 2)
+    return _resample(x, inverse, mask)
+
+
+def rescale(x: Tensor, factor, *, mask: bool = False) -> Tensor:
+    """Zoom by ``factor`` about the image centre (bilinear, zero fill; > 1 enlarges).
+
+    ``factor`` is one positive number or one per sample. Shrinking aliases (no low-pass
+    filter first); ``mask=True`` zeroes pixels outside the central disk.
+    """
+    _check_images(x)
+    f = _per_sample(factor, x.shape[0], "scale factor")
+    if (f <= 0).any():
+        raise ShiftlabError(f"scale factors must be positive, got {f.tolist()[:6]}")
+    inverse = torch.eye(2, dtype=torch.float64) / f[:, None, None]
+    return _resample(x, inverse, mask)

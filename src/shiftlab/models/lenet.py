@@ -28,8 +28,11 @@ class LeNetWolf(nn.Module):
         padding: ``"valid"`` (none), ``"zeros"`` or ``"circular"`` ('same' size).
         pool_after: conv indices followed by a 2x2 max-pool.
         strides: stride of each conv.
-        head: ``"linear"`` (2x2 max-pool, flatten, linear sized from ``input_size``) or
-            ``"gap"`` (global average pool of the last conv's maps; they are the logits).
+        head: ``"linear"`` (2x2 max-pool, flatten, linear sized from ``input_size``),
+            ``"gap"`` (global average pool of the last conv's maps, which have no ReLU:
+            they are the class maps, their means the logits) or ``"gap-linear"`` (global
+            average pool, then a linear layer on the last conv's channels). Both global
+            heads are invariant wherever the last feature map is equivariant.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28,
@@ -43,15 +46,23 @@ class LeNetWolf(nn.Module):
         for i, (c_out, s) in enumerate(zip(channels, strides)):
             pad = 0 if padding == "valid" else kernel_size // 2
             mode = "zeros" if padding == "valid" else padding
-            layers += [nn.Conv2d(c_in, c_out, kernel_size, s, pad, padding_mode=mode), nn.ReLU()]
+            layers.append(nn.Conv2d(c_in, c_out, kernel_size, s, pad, padding_mode=mode))
+            if not (head == "gap" and i == len(channels) - 1):   # class maps stay signed
+                layers.append(nn.ReLU())
             if i in pool_after:
                 layers.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*layers)
+        for conv in self.features:                    # He init: the ReLU stack starts with
+            if isinstance(conv, nn.Conv2d):           # unit gain, so four convs train fast
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
         self.head_kind = head
-        if head == "gap":
+        if head not in ("linear", "gap", "gap-linear"):
+            raise ValueError(f"head must be linear, gap or gap-linear, not {head!r}")
+        if head != "linear":
             self.pool = nn.AdaptiveAvgPool2d(1)
-            self.head = nn.Identity()
+            self.head = nn.Identity() if head == "gap" else nn.Linear(c_in, num_classes)
         else:
             self.pool = nn.MaxPool2d(2)
             side = self._side(input_size, kernel_size, padding, pool_after, strides)

@@ -1,0 +1,221 @@
+"""Experiments pooling, augmentation, convolution-theorem, template-matching, weight-sharing:
+their reusable pieces against oracles, and each experiment's key claim as measured."""
+import pytest
+import torch
+from torch import nn
+
+from shiftlab.errors import ShiftlabError
+from shiftlab.experiments import ExperimentResult, run_experiment
+from shiftlab.experiments.convolution_theorem import (check_convolution_theorem, circular_convolve,
+                                                      dense_image_map, impulse_response,
+                                                      position_dependent_filter)
+from shiftlab.experiments.pooling import PooledClassifier, nearest_mean_head, tolerated_shift
+from shiftlab.experiments.template_matching import TemplateMatcher, cross_correlate, locate
+from shiftlab.experiments.weight_sharing import conv_as_dense, count_parameters, dense_layer
+from shiftlab.transforms import canvas_shift, circular_shift
+
+
+# ----------------------------------------------------------------------------- convolution theorem
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_circular_conv_is_its_impulse_response(dtype, tol):
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular", bias=False).to(dtype).eval()
+    report = check_convolution_theorem(conv, (2, 9, 7), dtype)
+    assert report.reconstruction_error < min(tol, 1e-6)
+    assert report.is_linear and report.is_equivariant and report.is_convolution
+    assert report.kernel.shape == (3, 2, 9, 7)
+
+
+def test_impulse_response_is_the_flipped_kernel_wrapped_around():
+    conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular", bias=False).double()
+    k = impulse_response(conv, (1, 6, 6))
+    idx = torch.tensor([1, 0, -1])                   # conv2d correlates: K[i] = w[1 - i]
+    torch.testing.assert_close(k[:, :, idx][:, :, :, idx], conv.weight.detach(), rtol=0, atol=1e-15)
+    assert float(k[:, :, 2:-1, :].abs().max()) == 0.0 and float(k[:, :, :, 2:-1].abs().max()) == 0.0
+
+
+def test_circular_convolve_matches_a_naive_sum():
+    g = torch.Generator().manual_seed(1)
+    x, k = torch.randn(2, 2, 4, 5, generator=g).double(), torch.randn(3, 2, 4, 5, generator=g).double()
+    naive = torch.zeros(2, 3, 4, 5, dtype=torch.float64)
+    for i in range(4):
+        for j in range(5):
+            for a in range(4):
+                for b in range(5):
+                    naive[:, :, i, j] += (x[:, None, :, a, b] * k[None, :, :, (i - a) % 4, (j - b) % 5]).sum(2)
+    torch.testing.assert_close(circular_convolve(x, k), naive, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dense", "position-dependent"])
+def test_linear_but_not_equivariant_maps_fail_clearly(name):
+    shape = (1, 10, 10)
+    fn = dense_image_map(shape) if name == "dense" else position_dependent_filter
+    report = check_convolution_theorem(fn, shape)
+    assert report.is_linear
+    assert not report.is_equivariant and report.equivariance_error > 0.1
+    assert not report.is_convolution and report.reconstruction_error > 0.1
+
+
+def test_nonlinear_map_fails_linearity():
+    report = check_convolution_theorem(lambda x: torch.relu(x - 0.1), (1, 6, 6))
+    assert not report.is_linear and report.verdict() == "not linear"
+
+
+def test_theorem_check_bad_input():
+    conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+    with pytest.raises(ShiftlabError, match="float32"):
+        check_convolution_theorem(conv, (1, 8, 8), torch.float64)        # float32 parameters
+    with pytest.raises(ShiftlabError, match="image size"):
+        check_convolution_theorem(nn.Conv2d(1, 1, 3).double(), (1, 8, 8))
+    with pytest.raises(ShiftlabError, match="shape"):
+        check_convolution_theorem(lambda x: x, (8, 8))
+    with pytest.raises(ShiftlabError, match="raised"):
+        check_convolution_theorem(lambda x: x.view(3), (1, 4, 4))
+
+
+# ----------------------------------------------------------------------------- template matching
+def test_cross_correlate_matches_a_naive_sum_and_the_module():
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.rand(2, 2, 6, 7, generator=g).double(), torch.rand(2, 3, 2, generator=g).double()
+    r = cross_correlate(x, t, normalized=False)
+    assert r.shape == (2, 1, 8, 8)
+    padded = torch.nn.functional.pad(x, (1, 1, 2, 2))
+    for i in range(8):
+        for j in range(8):
+            want = (padded[:, :, i:i + 3, j:j + 2] * t).sum((1, 2, 3))
+            torch.testing.assert_close(r[:, 0, i, j], want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(TemplateMatcher(t)(x), cross_correlate(x, t), rtol=0, atol=0)
+
+
+def test_template_found_exactly_at_every_shift_and_max_invariant():
+    g = torch.Generator().manual_seed(3)
+    template = torch.rand(1, 5, 4, generator=g).double() + 0.1
+    scene = torch.zeros(1, 1, 24, 24, dtype=torch.float64)
+    scene[0, :, 9:14, 10:14] = template
+    scene[0, :, 1:4, 18:22] = torch.rand(1, 3, 4, generator=g)          # a distractor
+    shifts = torch.tensor([(dy, dx) for dy in range(-1, 6) for dx in range(-6, 2)])
+    moved = canvas_shift(scene.expand(len(shifts), -1, -1, -1), shifts)
+    response = cross_correlate(moved, template)
+    ref = cross_correlate(scene, template)
+    torch.testing.assert_close(locate(response, (5, 4)), torch.tensor([9, 10]) + shifts, rtol=0, atol=0)
+    torch.testing.assert_close(response.flatten(1).amax(1), torch.ones(len(shifts), dtype=torch.float64))
+    expected = canvas_shift(ref.expand(len(shifts), -1, -1, -1), shifts)
+    assert float((response - expected).abs().max()) < 1e-12
+
+
+def test_template_matching_bad_input():
+    with pytest.raises(ShiftlabError, match="larger"):
+        cross_correlate(torch.rand(1, 1, 4, 4), torch.rand(1, 5, 5))
+    with pytest.raises(ShiftlabError, match="zeros"):
+        cross_correlate(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2))
+    with pytest.raises(ShiftlabError, match="channel"):
+        cross_correlate(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 2))
+
+
+# ----------------------------------------------------------------------------- weight sharing
+def test_parameter_counts_of_the_classroom_example():
+    assert count_parameters(dense_layer((3, 400, 400), 500, device="meta")) == 240_000_500
+    assert count_parameters(nn.Conv2d(3, 1, 5)) == 76
+    assert count_parameters(nn.Conv2d(3, 500, 5)) == 3 * 25 * 500 + 500
+
+
+def test_conv_as_dense_computes_the_conv():
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double().eval()
+    dense = conv_as_dense(conv, (2, 6, 5))
+    x = torch.rand(4, 2, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), conv(x), rtol=0, atol=1e-12)
+    with pytest.raises(ShiftlabError, match="does not fill"):
+        dense_layer((1, 4, 4), 10, unflatten=(1, 4, 4))
+
+
+# ----------------------------------------------------------------------------- pooling pieces
+def test_nearest_mean_head_is_the_nearest_class_mean():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(60, 5, generator=g).double()
+    y = torch.arange(60) % 3
+    head = nearest_mean_head(z, y, 3)
+    means = torch.stack([z[y == c].mean(0) for c in range(3)])
+    with torch.no_grad():
+        assert torch.equal(head(z).argmax(1), torch.cdist(z, means).argmin(1))
+    with pytest.raises(ShiftlabError, match="classes"):
+        nearest_mean_head(z, torch.zeros(60, dtype=torch.int64), 3)
+
+
+def test_tolerated_shift_interpolates():
+    assert tolerated_shift([0, 1, 2, 3], [0.0, 0.2, 0.4, 0.6], 0.3) == pytest.approx(1.5)
+    assert tolerated_shift([0, 1, 2], [0.0, 0.0, 0.0], 0.3) == 2.0
+
+
+def test_global_pool_classifier_is_exactly_invariant_to_circular_shifts():
+    features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), nn.ReLU()).double()
+    model = PooledClassifier(features, 0).eval()
+    x = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(circular_shift(x, (5, -3))), model(x), rtol=0, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- the experiments
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+def _check_saved(result: ExperimentResult, out_dir):
+    assert result.figures and all((out_dir / f).is_file() for f in result.figures)
+    assert all((out_dir / f.replace(".png", ".svg")).is_file() for f in result.figures)
+    again = ExperimentResult.load(out_dir / f"experiment-{result.name}.json")
+    assert again.claims == result.claims and again.rows == [list(r) for r in result.rows]
+
+
+def test_convolution_theorem_experiment(out_dir):
+    result = run_experiment("convolution-theorem", out_dir, quick=True, log=lambda s: None)
+    assert all(result.claims.values()), result.claims
+    n = result.numbers
+    assert n["circular conv 5x5 (nn.Conv2d)"]["reconstruction_error"] < 1e-10
+    assert n["dense layer"]["reconstruction_error"] > 0.1
+    assert n["position-dependent filter"]["reconstruction_error"] > 0.1
+    _check_saved(result, out_dir)
+
+
+def test_template_matching_experiment(out_dir):
+    result = run_experiment("template-matching", out_dir, quick=True, log=lambda s: None)
+    n = result.numbers
+    assert n["exact_positions"] == n["shifts"] >= 25           # every tested shift
+    assert n["max_change"] < 1e-10 and n["equivariance_error_max"] < 1e-10
+    assert n["score_target"] == pytest.approx(1.0, abs=1e-12)
+    assert n["score_distractor"] < 0.9 and n["score_same_class"] < 0.9
+    assert all(result.claims.values())
+    _check_saved(result, out_dir)
+
+
+def test_weight_sharing_experiment(out_dir):
+    result = run_experiment("weight-sharing", out_dir, quick=True, log=lambda s: None)
+    counts, errors = result.numbers["parameters"], result.numbers["equivariance_error"]
+    assert counts["dense 400x400x3 -> 500"] == 240_000_500 and counts["conv, one 5x5x3 filter"] == 76
+    assert errors["conv 5x5x3, circular padding"] < 1e-10 < 0.1 < errors["dense layer (random weights)"]
+    assert result.numbers["tied_distinct_values"] == 75
+    assert all(result.claims.values())
+    _check_saved(result, out_dir)
+
+
+@pytest.mark.slow
+def test_pooling_experiment(out_dir):
+    result = run_experiment("pooling", out_dir, quick=True, log=lambda s: None)
+    d = {name: c["distance"] for name, c in result.numbers["curves"].items()}
+    for name in ("no pooling", "max-pool 2", "max-pool 4"):     # invariance decays with the shift
+        assert d[name][1] < d[name][2] < d[name][4]
+    tol = result.numbers["tolerated_shift"]
+    assert tol["max-pool 4"] > tol["max-pool 2"] > tol["no pooling"]
+    assert max(d["global max-pool"]) < 1e-5
+    assert all(result.claims.values()), result.claims
+    _check_saved(result, out_dir)
+
+
+@pytest.mark.slow
+def test_augmentation_experiment(out_dir):
+    result = run_experiment("augmentation", out_dir, quick=True, log=lambda s: None)
+    shifted = next(v for k, v in result.numbers["variants"].items() if k.startswith("shifted"))
+    assert shifted["accuracy_inside"] - shifted["accuracy_outside"] > 0.2
+    assert shifted["consistency_inside"] > shifted["consistency_everywhere"]
+    assert all(result.claims.values()), result.claims
+    _check_saved(result, out_dir)

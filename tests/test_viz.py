@@ -1,0 +1,190 @@
+"""Figures, the sliding-digit animation and the explorer's frames."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shiftlab import audit
+from shiftlab.errors import ShiftlabError
+from shiftlab.models import create_model
+from shiftlab.viz import plots
+from shiftlab.viz.animate import animate, colour_maps, compute_frames, slide_path, stabilise
+from shiftlab.viz.explorer import explorer_frames, load_explorer, save_explorer
+
+
+def digit(size: int = 24) -> torch.Tensor:
+    """A blocky '3' from sklearn's 8x8 digits, upscaled to size x size (exact repeats)."""
+    from shiftlab.data import load_data
+    x, y = load_data("digits", split="test", seed=0)
+    k = int((y == 3).nonzero()[0, 0])
+    return x[k].repeat_interleave(size // 8, -2).repeat_interleave(size // 8, -1)
+
+
+# ----------------------------------------------------------------------------- animation
+@pytest.mark.parametrize("path, count", [("left-right", 20), ("diagonal", 20), ("loop", 40)])
+def test_slide_path_frame_counts(path, count):
+    positions = slide_path(path, (28, 28), 38)
+    assert positions.shape == (count, 2)
+    assert positions.min() == 0 and positions.max() == 10                  # inside the canvas
+    steps = np.abs(np.diff(np.vstack([positions, positions[:1]]), axis=0)).max(axis=1)
+    assert (steps == 1).all()                                              # 1 px per frame, loops
+
+
+def test_slide_path_bad_input():
+    with pytest.raises(ShiftlabError, match="unknown path"):
+        slide_path("zigzag", (28, 28), 38)
+    with pytest.raises(ShiftlabError, match="cannot slide"):
+        slide_path("loop", (28, 28), 28)
+
+
+def test_animation_gif_has_one_frame_per_position(tmp_path):
+    model = create_model("lenet-wolf", input_size=28).eval()
+    path, frames = animate(model, digit(), tmp_path / "a.gif", canvas=28, path="loop", label=3, title="t")
+    assert len(frames) == len(slide_path("loop", (24, 24), 28)) == 16
+    with Image.open(path) as gif:
+        assert gif.n_frames == 16 and gif.size[0] > 400
+    assert frames.probs.shape == (16, 10) and np.allclose(frames.probs.sum(1), 1.0)
+    with pytest.raises(ShiftlabError, match="GIF"):
+        animate(model, digit(), tmp_path / "a.mp4", canvas=28)
+
+
+def test_stabilised_view_is_still_for_equivariant_layers_and_moves_for_the_pool():
+    """lenet-wolf's valid convs are exactly equivariant under canvas shifts (the digit stays
+    inside): their stabilised views are pixel-identical in every frame. Its max-pool (stride
+    2) matches only at even shifts."""
+    model = create_model("lenet-wolf", input_size=28).eval()
+    frames = compute_frames(model, digit(), canvas=28, path="left-right",
+                            layers="features.1,features.7,pool")
+    by_name = {v.name: v for v in frames.layers}
+    for name in ("input", "features.1", "features.7"):
+        stable = by_name[name].stable
+        assert (stable == stable[0]).all(), name
+        assert not (by_name[name].raw == by_name[name].raw[0]).all()      # the raw view moves
+    pool = by_name["pool"].stable
+    even = frames.shifts[:, 1] % 2 == 0
+    same = np.array([(pool[t] == pool[0]).all() for t in range(len(frames))])
+    assert same[even].all() and not same[~even].any()
+
+
+def test_circular_net_stabilised_views_are_still():
+    """conv-circular (circular padding, stride 1) is exactly equivariant everywhere."""
+    model = create_model("conv-circular").eval()
+    frames = compute_frames(model, digit(16), canvas=20, path="diagonal")
+    assert len(frames.layers) == 4
+    for view in frames.layers:
+        assert (view.stable == view.stable[0]).all(), view.name
+
+
+def test_colour_maps_same_vectors_same_colours_and_seeded():
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 5, 6, 6))
+    maps[1] = maps[0]
+    first, again = colour_maps(maps, clusters=4, seed=1), colour_maps(maps, clusters=4, seed=1)
+    assert first.shape == (3, 6, 6, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again) and np.array_equal(first[0], first[1])
+    assert (colour_maps(np.zeros((2, 3, 4, 4))) == 0).all()                # no activation: black
+    with pytest.raises(ShiftlabError, match="clusters"):
+        colour_maps(maps, clusters=0)
+
+
+def test_stabilise_crops_the_common_window():
+    views = np.arange(2 * 6 * 6).reshape(2, 6, 6)
+    out = stabilise(views, np.array([[0, 0], [-3, 4]]), stride=2)          # feature shifts (-2, 2)
+    assert out.shape == (2, 4, 4)
+    assert np.array_equal(out[0], views[0, 2:6, 0:4]) and np.array_equal(out[1], views[1, 0:4, 2:6])
+    with pytest.raises(ShiftlabError, match="no window"):
+        stabilise(views, np.array([[0, 0], [0, 12]]), stride=1)
+
+
+def test_animate_cli(tmp_path):
+    from shiftlab.cli import main
+    out = tmp_path / "digit.gif"
+    assert main(["animate", "--model", "conv-circular", "--data", "digits", "--canvas", "12",
+                 "--index", "4", "--out", str(out)]) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 8
+    assert main(["animate", "--model", "conv-circular", "--data", "digits", "--canvas", "12",
+                 "--index", "99999", "--out", str(out)]) == 2
+    assert main(["animate", "--model", "conv-circular", "--data", "digits", "--canvas", "8",
+                 "--out", str(out)]) == 2
+
+
+# ----------------------------------------------------------------------------- explorer
+def test_explorer_frames(tmp_path):
+    model = create_model("lenet-wolf", input_size=28).eval()
+    data = explorer_frames(model, digit(), canvas=28, label=3, title="lenet-wolf")
+    assert data["dys"] == data["dxs"] == [-2, -1, 0, 1, 2]
+    assert len(data["frames"]) == 25 and len(data["layers"]) == 3
+    centre = data["frames"][12]
+    assert (centre["dy"], centre["dx"]) == (0, 0)
+    assert abs(sum(centre["probs"]) - 1) < 1e-3
+    images = [Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+              for uri in [centre["input"], *centre["maps"]]]
+    assert images[0].size == (28, 28) and images[1].size == tuple(data["layers"][0]["shape"][1:])
+    assert data["frames"][13]["input"] != centre["input"]
+    path = save_explorer(data, tmp_path, "lenet-wolf")
+    assert load_explorer(path) == json.loads(json.dumps(data))
+    with pytest.raises(ShiftlabError, match="radius"):
+        explorer_frames(model, digit(), canvas=28, radius=3)
+    path.write_text('{"schema": "shiftlab.explorer/1", "frames": []}')
+    with pytest.raises(ShiftlabError, match="incomplete"):
+        load_explorer(path)
+
+
+# ----------------------------------------------------------------------------- figures
+@pytest.fixture(scope="module")
+def audits():
+    torch.manual_seed(0)
+    images = torch.rand(8, 1, 16, 16) * (torch.rand(8, 1, 16, 16) > 0.7)
+    labels = torch.arange(8) % 10
+    return {name: audit(create_model(name), (images, labels), shifts="-2:2", name=name, pairs=2)
+            for name in ("conv-circular", "conv-maxpool")}
+
+
+def _check_written(paths, min_kb=8):
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    with Image.open(paths[0]) as image:
+        image.load()
+        assert image.size[0] > 300 and image.size[1] > 200
+    assert paths[0].stat().st_size > min_kb * 1000
+    assert paths[1].read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.slow
+def test_every_figure_is_written(audits, tmp_path):
+    one = audits["conv-maxpool"]
+    _check_written(plots.plot_layer_errors(one, tmp_path, "layers"))
+    _check_written(plots.plot_stability(audits, tmp_path, "stability"))
+    _check_written(plots.plot_accuracy_heatmap(one, tmp_path, "heatmap"))
+    _check_written(plots.plot_sensitivity(audits, tmp_path, "sensitivity"))
+    _check_written(plots.plot_model_bars(audits, tmp_path, "bars"))
+
+
+def test_shift_line_walks_dy_zero_in_order(audits):
+    result = audits["conv-maxpool"]
+    axis, offsets, idx = plots.shift_line(result)
+    assert axis == "dx" and offsets.tolist() == [-2, -1, 0, 1, 2]
+    assert [result.shifts[k] for k in idx] == [[0.0, float(d)] for d in range(-2, 3)]
+    # the period-S pattern the layer plot shows: stride 4 is exact at 0 only, inexact elsewhere
+    layer = result.layer("features.5")
+    errors = np.asarray(layer.error)[idx]
+    assert errors[2] < 1e-6 and (errors[[0, 1, 3, 4]] > 1e-3).all()
+
+
+def test_figures_bad_input(audits, tmp_path):
+    unlabelled = audit(create_model("conv-circular"), torch.rand(2, 1, 8, 8), shifts="-1:1", pairs=0)
+    with pytest.raises(ShiftlabError, match="labelled"):
+        plots.plot_stability({"x": unlabelled}, tmp_path, "s")
+    listed = audit(create_model("conv-circular"), (torch.rand(2, 1, 8, 8), torch.tensor([0, 1])),
+                   shifts="0,0;1,1", pairs=0)
+    with pytest.raises(ShiftlabError, match="not a grid"):
+        plots.plot_accuracy_heatmap(listed, tmp_path, "h")
+    with pytest.raises(ShiftlabError, match="AuditResult"):
+        plots.plot_model_bars({}, tmp_path, "b")
+    assert not list(tmp_path.iterdir())                                   # nothing half-written
