@@ -311,3 +311,15 @@ def test_result_file_mode_follows_umask(tmp_path, capsys):
         os.umask(umask)
     capsys.readouterr()
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("argv", [
+    ["animate", "--model", "lenet-wolf", "--data", "digits", "--canvas", "10"],
+    ["convert", "--model", "lenet-wolf", "--method", "blurpool", "--input", "1x8x8"],
+])
+def test_a_net_too_small_for_the_input_is_a_one_line_error(argv, tmp_path, capsys):
+    out = tmp_path / ("a.gif" if argv[0] == "animate" else "c.safetensors")
+    assert main([*argv, "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"shiftlab {argv[0]}: error: lenet-wolf: input_size ")
+    assert "images need at least 18x18 pixels" in line and not out.exists()

@@ -230,12 +230,25 @@ def test_a_size_change_before_a_linear_head_is_reported():
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_convert_writes_loadable_weights(tmp_path, capsys):
+    from safetensors import safe_open
+
     from shiftlab.loading import load_weights
+    torch.manual_seed(3)
+    original = create_model("lenet-wolf-maxpool").eval()
+    torch.save(original.state_dict(), tmp_path / "w.pt")
     out = tmp_path / "c" / "blur.safetensors"
-    assert main(["convert", "--model", "lenet-wolf-maxpool", "--method", "blurpool", "--out", str(out)]) == 0
+    assert main(["convert", "--model", "lenet-wolf-maxpool", "--weights", str(tmp_path / "w.pt"),
+                 "--method", "blurpool", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "features.2: MaxPool2d -> MaxBlurPool" in text and f"wrote {out}" in text
-    load_weights(create_model("lenet-wolf-maxpool-blur"), out)             # same architecture
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["method"] == "blurpool"
+    reloaded = load_weights(create_model("lenet-wolf-maxpool-blur"), out).eval()   # same architecture
+    x = _x("lenet-wolf-maxpool", dtype=torch.float32)
+    with torch.no_grad():
+        blurred = reloaded(x)
+        assert torch.equal(blurred, convert(original, "blurpool")[0](x))          # the conversion, kept
+        assert not torch.allclose(blurred, original(x), atol=1e-3)                # and it did something
     with pytest.raises(ShiftlabError, match="do not match"):
         load_weights(create_model("lenet-wolf-maxpool-aps"), out)
 
@@ -263,3 +276,39 @@ def test_cli_convert_refuses_weights_of_another_architecture(tmp_path, capsys):
     assert main(["convert", "--model", "lenet-wolf", "--weights", str(weights), "--method", "blurpool",
                  "--out", str(out)]) == 2
     assert "do not match" in capsys.readouterr().err and not out.exists()
+
+
+def _factory_file(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text("from torch import nn\n"
+                    "def tied():\n"
+                    "    conv = nn.Conv2d(1, 1, 3, padding=1)\n"
+                    "    return nn.Sequential(conv, nn.MaxPool2d(2), conv)   # one conv used twice\n"
+                    "def bare():\n"
+                    "    return nn.Conv2d(1, 2, 3, padding=1)\n")
+    return path
+
+
+def test_cli_convert_saves_tied_weights(tmp_path, capsys):
+    """Tied weights share storage, which safetensors refuses; convert writes own copies."""
+    from safetensors.torch import load_file
+    out = tmp_path / "tied.safetensors"
+    assert main(["convert", "--model", f"{_factory_file(tmp_path)}:tied", "--method", "blurpool",
+                 "--input", "1x8x8", "--out", str(out)]) == 0
+    state = load_file(str(out))
+    assert set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert torch.equal(state["0.weight"], state["2.weight"])
+
+
+def test_cli_convert_names_the_root_and_refuses_blur_options_for_circular(tmp_path, capsys):
+    nets = _factory_file(tmp_path)
+    out = tmp_path / "bare.safetensors"
+    assert main(["convert", "--model", f"{nets}:bare", "--method", "circular", "--input", "1x8x8",
+                 "--out", str(out)]) == 0
+    assert "(model): Conv2d made circular" in capsys.readouterr().out
+    for option in (["--padding", "zeros"], ["--filter-size", "3"]):
+        bad = tmp_path / "bad.safetensors"
+        assert main(["convert", "--model", f"{nets}:bare", "--method", "circular", *option,
+                     "--out", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--method circular has no blur" in err[0] and not bad.exists()

@@ -6,9 +6,9 @@ from torch import nn
 
 from shiftlab.errors import ShiftlabError
 from shiftlab.experiments import ExperimentResult, run_experiment
-from shiftlab.experiments.convolution_theorem import (check_convolution_theorem, circular_convolve,
-                                                      dense_image_map, impulse_response,
-                                                      position_dependent_filter)
+from shiftlab.experiments.convolution_theorem import (TheoremReport, check_convolution_theorem,
+                                                      circular_convolve, dense_image_map,
+                                                      impulse_response, position_dependent_filter)
 from shiftlab.experiments.pooling import PooledClassifier, nearest_mean_head, tolerated_shift
 from shiftlab.experiments.template_matching import TemplateMatcher, cross_correlate, locate
 from shiftlab.experiments.weight_sharing import conv_as_dense, count_parameters, dense_layer
@@ -70,6 +70,26 @@ def test_theorem_check_bad_input():
         check_convolution_theorem(lambda x: x, (8, 8))
     with pytest.raises(ShiftlabError, match="raised"):
         check_convolution_theorem(lambda x: x.view(3), (1, 4, 4))
+
+
+def test_verdict_of_an_equivariant_linear_map_just_over_tolerance():
+    """Linear and equivariant, reconstruction just over the tolerance: the verdict must not
+    call it non-equivariant."""
+    report = TheoremReport(shape=(1, 4, 4), dtype="float64", tolerance=1e-10, linearity_error=1e-13,
+                           equivariance_error=1e-13, reconstruction_error=2e-10, kernel=torch.zeros(1, 1, 4, 4))
+    assert report.is_linear and report.is_equivariant and not report.is_convolution
+    assert "not shift-equivariant" not in report.verdict()
+    assert report.verdict().startswith("linear and shift-equivariant")
+    report.equivariance_error = 0.5
+    assert report.verdict() == "linear, not shift-equivariant: not a convolution"
+
+
+def test_dense_image_map_is_a_bias_free_dense_layer():
+    dense = dense_image_map((2, 3, 3), seed=1)
+    assert dense[1].bias is None and dense[1].weight.dtype == torch.float64
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(dense(x), (x.flatten(1) @ dense[1].weight.T).reshape(2, 2, 3, 3))
+    assert torch.equal(dense_image_map((2, 3, 3), seed=1)[1].weight, dense[1].weight)   # seeded
 
 
 # ----------------------------------------------------------------------------- template matching

@@ -102,6 +102,10 @@ def test_receptive_fields_claims(tmp_path):
     assert result.claims and all(result.claims.values()), result.claims
     assert result.numbers["receptive_field"] == {"conv 1": 5, "conv 2": 9}
     assert result.numbers["conv1_kernel_error"] < 1e-6
+    # zero direction selectivity holds by construction (the back sweep is the forward one
+    # reversed): a check of the stimulus in numbers, not a claim about the trained net
+    assert not any("direction" in claim for claim in result.claims)
+    assert all(result.numbers["backward_sweep_is_forward_reversed"].values())
     assert max(result.numbers["max_direction_index"].values()) == 0.0
     assert all(n >= 4 for n in result.numbers["orientation_selective_channels"].values())
     _check_files(result, tmp_path)

@@ -9,7 +9,7 @@ from shiftlab.errors import ShiftlabError
 from shiftlab.layers import (APS, APSShortcut, BlurConv, BlurPool, MaxBlurPool, Pad2d,
                              aps_downsample, binomial_filter, blur_pool, pad2d,
                              phase_downsample, polyphase_components)
-from shiftlab.testing import assert_shift_equivariant
+from shiftlab.testing import assert_shift_equivariant, assert_shift_invariant
 
 NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "zeros": "constant", "circular": "wrap"}
 
@@ -82,8 +82,22 @@ def test_blur_pool_float32_and_float64_and_sizes():
 def test_blur_pool_circular_is_equivariant_at_multiples_of_the_stride():
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     assert_shift_equivariant(BlurPool(None, 4, 3, "circular"), x, [(3, -6), (9, 3)], stride=3)
-    with pytest.raises(AssertionError, match="shift"):
-        assert_shift_equivariant(BlurPool(None, 1, 3, "circular"), x, [(3, 1), (3, 3)], stride=1)
+
+
+def test_plain_subsampling_aliases_off_the_stride_grid():
+    """Filter 1 at stride 3 is exact at multiples of 3, but a 1-pixel shift picks other
+    pixels: no shift of the output matches, and a global mean after it changes."""
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plain = BlurPool(None, 1, 3, "circular")
+    assert_shift_equivariant(plain, x, [(3, -6), (9, 3)], stride=3)
+    y, moved = plain(x), plain(torch.roll(x, 1, dims=-1))
+    best = min(float((moved - torch.roll(y, (a, b), (-2, -1))).norm() / y.norm())
+               for a in range(4) for b in range(4))
+    assert best > 0.5                                              # aliased: nothing lines up
+    pooled = torch.nn.Sequential(plain, torch.nn.AdaptiveAvgPool2d(1))
+    assert_shift_invariant(pooled, x, [(3, 0), (-6, 9)])
+    with pytest.raises(AssertionError, match=r"not shift-invariant under the circular shift \(0, 1\)"):
+        assert_shift_invariant(pooled, x, [(0, 1)])
 
 
 @pytest.mark.parametrize("bad", [dict(filter_size=0), dict(filter_size=8), dict(filter_size=2.5),
@@ -195,3 +209,21 @@ def test_aps_bad_arguments():
         APSShortcut(torch.nn.Identity())
     with pytest.raises(ShiftlabError, match="phase"):
         phase_downsample(torch.zeros(2, 1, 4, 4), torch.tensor([0, 4]), 2)
+
+
+def test_shared_stride_helpers_used_by_blur_conv_and_convert():
+    from shiftlab.convert import convert
+    from shiftlab.layers.blurpool import at_stride_one, equal_stride
+    conv = torch.nn.Conv2d(1, 2, 3, stride=(2, 1), padding=1)
+    with pytest.raises(ShiftlabError, match=r"^BlurConv: strides differ along H and W \(2, 1\)"):
+        BlurConv(conv)
+    with pytest.raises(ShiftlabError, match=r"^cannot convert 0 \(Conv2d\): strides differ"):
+        convert(torch.nn.Sequential(conv), "blurpool")
+    assert equal_stride(torch.nn.MaxPool2d(3), "pool") == 3              # a pool's stride defaults to its kernel
+    pool = torch.nn.MaxPool2d(3, 2, padding=1)
+    twin = at_stride_one(pool)
+    assert twin.stride == 1 and twin.kernel_size == 3 and twin.padding == 1 and pool.stride == 2
+    with pytest.raises(ShiftlabError, match="unknown APS norm 'l3'"):
+        APS(2, "l3")
+    with pytest.raises(ShiftlabError, match="unknown APS norm 'l3'"):
+        convert(torch.nn.Sequential(torch.nn.MaxPool2d(2)), "aps", norm="l3")

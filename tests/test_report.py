@@ -173,3 +173,140 @@ def test_report_cli(tmp_path):
     assert out.read_text().startswith("<!DOCTYPE html>") and "From the CLI" in out.read_text()
     assert main(["report", str(tmp_path / "missing"), "-o", str(out)]) == 2
 
+
+
+# ----------------------------------------------------------------------------- review fixes
+def _explorer_file(folder: Path, **changes) -> Path:
+    """A minimal valid explorer file (1 shift, 1 layer, 2 classes) with ``changes`` applied:
+    ``frame_KEY`` changes the frame's KEY, ``KEY=DELETE`` removes a top-level key."""
+    import json
+    png = "data:image/png;base64,iVBORw0KGgo="
+    data = {"schema": "shiftlab.explorer/1", "title": "t", "model": "m", "canvas": 4, "label": 1,
+            "classes": ["0", "1"], "dys": [0], "dxs": [0],
+            "layers": [{"name": "conv", "kind": "Conv2d", "stride": 1, "shape": [2, 4, 4]}],
+            "frames": [{"dy": 0, "dx": 0, "input": png, "maps": [png], "probs": [0.25, 0.75]}]}
+    for key, value in changes.items():
+        target, key = (data["frames"][0], key[6:]) if key.startswith("frame_") else (data, key)
+        if value is DELETE:
+            del target[key]
+        else:
+            target[key] = value
+    path = folder / "explorer-x.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize("change", [
+    {"canvas": DELETE}, {"layers": DELETE}, {"classes": DELETE}, {"label": 2}, {"dxs": ["0"]},
+    {"layers": [{"name": "conv"}]}, {"frame_input": DELETE}, {"frame_maps": []},
+    {"frame_probs": [1.0]}])
+def test_load_explorer_checks_every_key_the_report_uses(tmp_path, change):
+    from shiftlab.viz.explorer import load_explorer
+    assert load_explorer(_explorer_file(tmp_path))["label"] == 1
+    assert load_explorer(_explorer_file(tmp_path, label=None))["label"] is None
+    path = _explorer_file(tmp_path, **change)
+    with pytest.raises(ShiftlabError, match=r"explorer-x\.json is incomplete"):
+        load_explorer(path)
+    with pytest.raises(ShiftlabError, match="incomplete"):          # not a jinja traceback
+        build_report(tmp_path, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_explorer_images_must_be_embedded_pngs(tmp_path):
+    from shiftlab.viz.explorer import load_explorer
+    for change in ({"frame_input": "http://example.com/x.png"},
+                   {"frame_maps": ["https://example.com/y.png"]},
+                   {"frame_input": "data:image/svg+xml;base64,AAAA"}):
+        with pytest.raises(ShiftlabError, match="embedded PNG"):
+            load_explorer(_explorer_file(tmp_path, **change))
+
+
+def test_explorer_json_cannot_break_out_of_its_script_block(tmp_path):
+    import json
+    from shiftlab.report import _explorer_json
+    nasty = {"title": "<!--<script>alert(1)</script>", "x": "</SCRIPT>"}
+    text = _explorer_json(nasty)
+    assert "<" not in text and json.loads(text) == nasty
+    _explorer_file(tmp_path, title="<!--<script>", model="</script><b>")
+    page = build_report(tmp_path, tmp_path / "r.html").read_text()
+    block = page.split('<script type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in block and json.loads(block)["model"] == "</script><b>"
+
+
+def test_render_errors_become_one_line_errors(tmp_path, monkeypatch):
+    import shiftlab.report as report_module
+    ExperimentResult(name="e", title="T", summary="s", columns=["x"], rows=[[1]]).save(tmp_path)
+    monkeypatch.setattr(report_module, "TEMPLATE", "{{ no_such_value }}")
+    with pytest.raises(ShiftlabError, match="cannot render the report"):
+        build_report(tmp_path, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("claims", ["a claim"], "claims must map"), ("claims", {"c": "yes"}, "claims must map"),
+    ("rows", 5, "rows must be a list of lists"), ("rows", [1, 2], "rows must be a list of lists"),
+    ("columns", ["x", 1], "columns must be a list of strings"),
+    ("figures", "a.png", "figures must be a list"), ("title", None, "title must be a string")])
+def test_experiment_load_checks_types(tmp_path, field, value, problem):
+    import json
+    path = ExperimentResult(name="typed", title="T", summary="s", columns=["x"], rows=[[1]]).save(tmp_path)
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ShiftlabError, match=rf"experiment-typed\.json is not a valid experiment result: {problem}"):
+        ExperimentResult.load(path)
+    path.write_text('{"name": "typed"}')
+    with pytest.raises(ShiftlabError, match=r"experiment-typed\.json is not an experiment result"):
+        ExperimentResult.load(path)
+
+
+def test_malformed_audit_error_names_the_file(tmp_path):
+    from shiftlab.result import SCHEMA
+    (tmp_path / "audit-odd.json").write_text(f'{{"schema": "{SCHEMA}", "layers": 5}}')
+    with pytest.raises(ShiftlabError, match=r"audit-odd\.json: audit result is incomplete"):
+        build_report(tmp_path, tmp_path / "r.html")
+    (tmp_path / "audit-odd.json").write_text('["a list"]')
+    with pytest.raises(ShiftlabError, match=r"audit-odd\.json: not a shiftlab audit result"):
+        build_report(tmp_path, tmp_path / "r.html")
+
+
+def test_experiment_figures_must_stay_inside_the_results_folder(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (2, 2), (255, 0, 0)).save(outside)
+    Image.new("RGB", (2, 2), (0, 0, 255)).save(results / "inside.png")
+    (results / "link.png").symlink_to(outside)
+    ExperimentResult(name="paths", title="Paths", summary="s", columns=["x"], rows=[[1]],
+                     figures=["inside.png", str(outside), "../secret.png", "link.png"]).save(results)
+    text = build_report(results, results / "r.html").read_text()
+    embedded = [base64.b64decode(src.split(",", 1)[1])
+                for src in re.findall(r'src="(data:image/png;base64,[^"]+)"', text)]
+    assert embedded == [(results / "inside.png").read_bytes()]
+    for name in (str(outside), "../secret.png", "link.png"):
+        assert f"Figure {name} is listed but missing" in text
+
+
+def test_report_cli_checks_the_output_before_drawing(tmp_path):
+    from shiftlab.cli import main
+    (tmp_path / "not-a-dir").write_text("a file")
+    images = torch.rand(4, 1, 12, 12)
+    audit(create_model("conv-circular"), (images, torch.arange(4)), shifts="-1:1", name="c",
+          pairs=2).to_json(tmp_path / "audit-c.json")
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "not-a-dir" / "r.html")]) == 2
+    assert not (tmp_path / "figures").exists()                # nothing drawn before the error
+
+
+def test_fmt_formats_numbers_one_way():
+    from shiftlab.fmt import cell, number, pct, text_table
+    assert pct(0.98765) == "98.8 %" and pct(0) == "0.0 %" and pct(None) == "–"
+    assert number(1 / 3) == "0.3333" and number(123456.0) == "1.235e+05" and number(None) == "–"
+    assert [cell(v) for v in (True, False, None, 7, 0.5, "a")] == ["yes", "no", "–", "7", "0.5", "a"]
+    assert text_table([["alpha", 1.0], ["b", 22]], ["name", "n"]).splitlines() == [
+        "name   n", "-----  --", "alpha  1", "b      22"]
+    result = ExperimentResult(name="t", title="T", summary="s", columns=["name", "n"],
+                              rows=[["alpha", 1.0], ["b", 22]])
+    assert result.table() == text_table(result.rows, result.columns)

@@ -91,3 +91,19 @@ def test_bad_inputs():
     with pytest.raises(ShiftlabError, match="no measurable stride"):
         assert_shift_equivariant(nn.Sequential(_circular_conv(), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                                  torch.randn(1, 2, 8, 8, dtype=torch.float64), [(1, 0)])
+
+
+def test_first_broken_layer_uses_the_callers_tolerances():
+    """Conv 0 (zero padding, a 1e-4 side tap) breaks circular equivariance by <= 1e-4 at the
+    border: broken under the default float64 tolerance, fine under atol=1e-2. The max-pool
+    (stride 2, shift 1) is the real break, so with atol=1e-2 the diagnosis must name it."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1], conv.weight[0, 0, 0, 1] = 1.0, 1e-4
+    model = nn.Sequential(conv, nn.MaxPool2d(2), nn.Flatten())
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AssertionError, match=r"first broken layer: 0, Conv2d, stride 1\)"):
+        assert_shift_invariant(model, x, [(1, 0)])
+    with pytest.raises(AssertionError, match=r"first broken layer: 1, MaxPool2d, stride 2 does not divide"):
+        assert_shift_invariant(model, x, [(1, 0)], atol=1e-2)

@@ -188,3 +188,53 @@ def test_figures_bad_input(audits, tmp_path):
     with pytest.raises(ShiftlabError, match="AuditResult"):
         plots.plot_model_bars({}, tmp_path, "b")
     assert not list(tmp_path.iterdir())                                   # nothing half-written
+
+
+# ----------------------------------------------------------------------------- review fixes
+def test_canvas_larger_than_a_panel_is_rejected(tmp_path):
+    from shiftlab.cli import main
+    from shiftlab.viz.animate import CELL, AnimationFrames, LayerFrames, check_canvas, render_frame
+    assert check_canvas(CELL) == CELL
+    model = create_model("conv-circular").eval()
+    with pytest.raises(ShiftlabError, match=f"between 1 and {CELL} pixels"):
+        animate(model, digit(8), tmp_path / "big.gif", canvas=CELL + 1)
+    assert main(["animate", "--model", "conv-circular", "--data", "digits", "--canvas", "4000",
+                 "--out", str(tmp_path / "big.gif")]) == 2
+    assert not list(tmp_path.iterdir())
+    huge = np.zeros((1, CELL + 8, CELL + 8, 3), np.uint8)           # e.g. an upsampling layer
+    frames = AnimationFrames(np.zeros((1, 2), int), np.zeros((1, 2), int),
+                             [LayerFrames("up", "Upsample", 1, huge, None)], np.ones((1, 1)))
+    with pytest.raises(ShiftlabError, match="larger than a 132-pixel panel"):
+        render_frame(frames, 0)
+
+
+def test_gif_palette_is_fit_on_a_sample_and_shared(monkeypatch):
+    """Every frame is drawn once and quantised with one palette fit on at most
+    PALETTE_FRAMES frames, so a long path never builds a T-frame montage."""
+    from shiftlab.viz import animate as animate_module
+    frames = compute_frames(create_model("conv-circular").eval(), digit(8), canvas=14, path="loop")
+    assert len(frames) == 24 > animate_module.PALETTE_FRAMES
+    drawn, montages = [], []
+    render, new = animate_module.render_frame, Image.new
+    monkeypatch.setattr(animate_module, "render_frame", lambda f, t: drawn.append(t) or render(f, t))
+    monkeypatch.setattr(animate_module.Image, "new", lambda mode, size, *a: montages.append(size) or new(mode, size, *a))
+    images = animate_module._quantised_frames(frames)
+    assert sorted(drawn) == list(range(24))
+    height = images[0].size[1]
+    assert max(h for _, h in montages) == animate_module.PALETTE_FRAMES * height   # 16 frames, not 24
+    assert len(images) == 24 and all(im.mode == "P" for im in images)
+    assert all(im.getpalette() == images[0].getpalette() for im in images)
+    background = [im.getpixel((0, 0)) for im in images]
+    assert len(set(background)) == 1
+
+
+def test_explorer_reuses_the_public_animation_helpers():
+    from shiftlab.viz import animate as animate_module
+    from shiftlab.viz import explorer
+    for name in ("check_image", "model_dtype", "canvas_frames", "choose_layers", "probe_maps",
+                 "colour_maps", "grey_maps"):
+        assert getattr(explorer, name) is getattr(animate_module, name)
+        assert f":func:`{name}`" in animate_module.__doc__
+    assert explorer.model_dtype(create_model("conv-circular").double()) == torch.float64
+    with pytest.raises(ShiftlabError, match="one image"):
+        explorer.check_image(torch.zeros(1, 1, 4, 4))

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import ShiftlabError
+from .errors import ShiftlabError, one_line
 from .io import check_writable
 
 EXAMPLES = {
@@ -159,11 +159,12 @@ def _dtype(name: str):
 
 
 def _load_model(args, input_size: int | None = None):
+    """``--model`` with ``--weights``, in ``--dtype`` (commands without it keep the weights' dtype)."""
     from .loading import load_model, load_weights
     model = load_model(args.model, input_size)
     if args.weights:
         load_weights(model, args.weights)
-    return model.to(_dtype(args.dtype))
+    return model.to(_dtype(args.dtype)) if getattr(args, "dtype", None) else model
 
 
 def cmd_audit(args) -> None:
@@ -265,42 +266,48 @@ def cmd_experiment(args) -> None:
 def cmd_convert(args) -> None:
     from .convert import convert
     from .io import atomic_path
-    from .loading import load_model, load_weights
     out = check_writable(args.out)
     if out.suffix not in (".safetensors", ".pt"):
         raise ShiftlabError(f"--out must end in .safetensors or .pt, got {str(out)!r}")
     if len(args.input) != 3:
         raise ShiftlabError(f"--input needs CxHxW, got {'x'.join(map(str, args.input))}")
-    model = load_model(args.model, args.input[-1])
-    if args.weights:
-        load_weights(model, args.weights)
+    if args.method == "circular" and (args.filter_size is not None or args.padding is not None):
+        raise ShiftlabError("--filter-size and --padding set the blur of blurpool and aps; "
+                            "--method circular has no blur, so leave them out")
+    model = _load_model(args, args.input[-1])
     before = dict(model.named_modules())
     converted, replaced = convert(model, args.method, filter_size=args.filter_size,
                                   padding=args.padding, input_shape=args.input)
     after = dict(converted.named_modules())
     for name in replaced:
         old, new = type(before[name]).__name__, type(after[name]).__name__
-        print(f"{name or '(model)'}: {old} -> {new}" if old != new else f"{name}: {old} made circular")
+        print(f"{name or '(model)'}: " + (f"{old} -> {new}" if old != new else f"{old} made circular"))
     if not replaced:
         print(f"nothing to convert: {args.model} has no layer that {args.method} changes")
-    state = {k: v.contiguous() for k, v in converted.state_dict().items()}
+    # own copies: tied weights share storage, which safetensors refuses to write
+    state = {k: v.detach().clone().contiguous() for k, v in converted.state_dict().items()}
     with atomic_path(out) as tmp:
-        if out.suffix == ".pt":
-            import torch
-            torch.save(state, tmp)
-        else:
-            from safetensors.torch import save_file
-            save_file(state, str(tmp), metadata={"model": args.model, "method": args.method,
-                                                 "filter_size": str(args.filter_size),
-                                                 "padding": str(args.padding)})
+        try:
+            if out.suffix == ".pt":
+                import torch
+                torch.save(state, tmp)
+            else:
+                from safetensors.torch import save_file
+                save_file(state, str(tmp), metadata={"model": args.model, "method": args.method,
+                                                     "filter_size": str(args.filter_size),
+                                                     "padding": str(args.padding)})
+        except RuntimeError as err:
+            raise ShiftlabError(f"cannot save the converted weights to {str(out)!r}: "
+                                f"{one_line(err)}") from None
     print(f"wrote {out} ({len(replaced)} layers converted by {args.method}; rebuild the model "
           "with shiftlab.convert before loading it)")
 
 
 def cmd_animate(args) -> None:
     from .data import load_data
-    from .viz.animate import animate
+    from .viz.animate import animate, check_canvas
     check_writable(args.out)
+    check_canvas(args.canvas)                         # before a model sized for it is built
     x, y = load_data(args.data, split="test", seed=0)
     if not 0 <= args.index < len(x):
         raise ShiftlabError(f"--index must be in [0, {len(x) - 1}] for {args.data}, got {args.index}")
@@ -316,6 +323,7 @@ def cmd_animate(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import build_report
+    check_writable(args.out)                          # before figures are drawn into the folder
     path = build_report(args.results, args.out, title=args.title)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 

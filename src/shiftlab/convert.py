@@ -29,8 +29,9 @@ paths keep the same phase.
 
 **What is exactly invariant.** APS gives exact invariance to integer circular shifts only
 when every conv is circular-padded (apply ``circular`` first, or start from a circular
-net), every map that APS splits has sides divisible by its stride, and the head is
-shift-invariant (global pooling). With a flatten + Linear head the final map is only
+net), every map that APS splits has sides divisible by its stride, the head is
+shift-invariant (global pooling), and the largest-norm component is unique (ties have
+measure zero for real-valued data). With a flatten + Linear head the final map is only
 circularly shifted, so the logits change. The ``*-aps`` zoo models are built that way.
 
 **Refused**, with the module's path and type: strided convs with dilation, pools with
@@ -53,19 +54,15 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .errors import ShiftlabError
+from .errors import ShiftlabError, one_line
 from .layers import APS, APSShortcut, BlurConv, BlurPool, Downsampled, MaxBlurPool, Pad2d, same_padding
-from .layers.aps import NORMS
-from .layers.blurpool import check_filter_size
+from .layers.aps import check_norm
+from .layers.blurpool import at_stride_one, check_filter_size, equal_stride, pair
 from .layers.padding import check_padding_mode
 
 METHODS = ("blurpool", "aps", "circular")
 SHORTCUT_NAMES = ("shortcut", "downsample")
 _UNSUPPORTED = (nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def _where(name: str, module: nn.Module) -> str:
@@ -80,28 +77,19 @@ def _stride(name: str, m: nn.Module) -> int | None:
                             "replace it with a strided conv or pool first")
     if not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         return None
-    sy, sx = _pair(m.stride if m.stride is not None else m.kernel_size)
-    if (sy, sx) == (1, 1):
+    stride = equal_stride(m, f"cannot convert {_where(name, m)}")
+    if stride == 1:
         return None
-    if sy != sx:
-        raise ShiftlabError(f"cannot convert {_where(name, m)}: strides differ along H and W "
-                            f"({sy}, {sx}); only equal strides are supported")
-    if isinstance(m, nn.Conv2d) and _pair(m.dilation) != (1, 1):
+    if isinstance(m, nn.Conv2d) and pair(m.dilation) != (1, 1):
         raise ShiftlabError(f"cannot convert {_where(name, m)}: a strided conv with dilation "
                             f"{m.dilation} has no stride-1 twin here")
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and m.ceil_mode:
         raise ShiftlabError(f"cannot convert {_where(name, m)}: ceil_mode=True changes the "
                             "output size; use ceil_mode=False")
-    if isinstance(m, nn.MaxPool2d) and (_pair(m.dilation) != (1, 1) or m.return_indices):
+    if isinstance(m, nn.MaxPool2d) and (pair(m.dilation) != (1, 1) or m.return_indices):
         raise ShiftlabError(f"cannot convert {_where(name, m)}: dilated or index-returning "
                             "max-pools are not supported")
-    return sy
-
-
-def _at_stride_one(m: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(m)
-    twin.stride = (1, 1) if isinstance(m, nn.Conv2d) else 1
-    return twin
+    return stride
 
 
 def _blurred(m: nn.Module, stride: int, size: int, padding: str) -> nn.Module:
@@ -110,15 +98,15 @@ def _blurred(m: nn.Module, stride: int, size: int, padding: str) -> nn.Module:
         return BlurConv(m, size, padding)
     if isinstance(m, nn.MaxPool2d):
         return MaxBlurPool(m.kernel_size, stride, size, padding, m.padding)
-    return Downsampled(_at_stride_one(m), BlurPool(None, size, stride, padding))
+    return Downsampled(at_stride_one(m), BlurPool(None, size, stride, padding))
 
 
 def _sampled(m: nn.Module, down: nn.Module) -> Downsampled:
     """The APS form: a conv at stride 1, or a pool at stride 1 with circular 'same' padding."""
-    op = _at_stride_one(m)
+    op = at_stride_one(m)
     if isinstance(m, nn.Conv2d):
         return Downsampled(op, down)
-    (top, bottom), (left, right) = (same_padding(k) for k in _pair(m.kernel_size))
+    (top, bottom), (left, right) = (same_padding(k) for k in pair(m.kernel_size))
     op.padding = 0
     return Downsampled(op, down, Pad2d((top, bottom, left, right), "circular"))
 
@@ -161,12 +149,12 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
 def _make_circular(m: nn.Module) -> nn.Module | None:
     """The circular form of ``m`` (possibly ``m`` itself, changed), or ``None`` if unchanged."""
     if isinstance(m, nn.Conv2d):
-        padded = m.padding == "same" or (m.padding != "valid" and any(_pair(m.padding)))
+        padded = m.padding == "same" or (m.padding != "valid" and any(pair(m.padding)))
         if padded and m.padding_mode != "circular":
             m.padding_mode = "circular"
             return m
     elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        py, px = _pair(m.padding)
+        py, px = pair(m.padding)
         if py or px:
             pool = copy.deepcopy(m)
             pool.padding = 0
@@ -196,11 +184,8 @@ def _output_sizes(model: nn.Module, paths: list[str], example: torch.Tensor):
         with torch.no_grad():
             model(example)
         error = None
-    except ShiftlabError as err:
-        error = str(err)
     except Exception as err:                      # report torch's complaint on one line
-        text = str(err).strip()
-        error = text.splitlines()[0][:200] if text else type(err).__name__
+        error = one_line(err)
     finally:
         for h in hooks:
             h.remove()
@@ -260,8 +245,7 @@ def convert(model: nn.Module, method: str, *, filter_size: int | None = None,
     blur_padding = check_padding_mode(padding or ("reflect" if method == "blurpool" else "circular"))
     if size is not None:
         check_filter_size(size)
-    if norm not in NORMS:
-        raise ShiftlabError(f"unknown APS norm {norm!r}; choose one of {', '.join(NORMS)}")
+    check_norm(norm)
     replaced: list[str] = []
     if method == "circular":
         for name, m in list(model.named_modules()):

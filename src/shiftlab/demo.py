@@ -4,14 +4,17 @@ Steps (each prints one progress line, with its time):
 
 1. **train** the demo models (:data:`RUNS`) into ``out/models/NAME/``. A run whose
    ``train.json`` shows the same settings is reused (and says so) unless ``retrain``.
-   The fixed nets (BlurPool, APS) and the 38×38-canvas nets start from their baseline's
+   The fixed nets (BlurPool, APS) and the shift-augmented net start from their baseline's
    trained weights (``init``: tensors matching by name and shape) and are fine-tuned, the
    way a user fixes a trained model: convert, then train briefly.
-2. **audit** each model on MNIST test digits: circular and canvas shifts for the 28×28
-   nets, canvas shifts for the 38×38 ones → ``out/audit-NAME-PROTOCOL.json``.
-3. **animate** Wolf's sliding digit through the 38×38 nets → ``out/animation-NAME.gif``,
-   and precompute the report's shift explorer → ``out/explorer-NAME.json``.
-4. **report**: figures and one self-contained ``out/report.html``.
+2. **audit** each model on MNIST test digits under circular and canvas shifts
+   → ``out/audit-NAME-PROTOCOL.json``.
+3. **animate** Wolf's sliding digit on a 38×38 canvas through ``lenet-wolf`` with and
+   without shift augmentation (their trained weights in ``lenet-wolf-sliding``, whose
+   linear head slides over the canvas) → ``out/animation-NAME.gif``, and precompute the
+   report's shift explorer → ``out/explorer-NAME.json``.
+4. **experiments** that need no training, then the **report**: figures and one
+   self-contained ``out/report.html``.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .fmt import pct
+
 
 
 @dataclass(frozen=True)
@@ -31,22 +36,21 @@ class DemoRun:
     model: str
     epochs: int = 1
     limit: int | None = None          # training images (None: all 50,000)
-    canvas: int | None = None         # train and audit on digits centred on this canvas
     augment: str | None = None
     init: str | None = None           # the demo run whose weights this one starts from
     lr: float = 3e-3
+    animate_as: str | None = None     # a zoo model that runs these weights on the canvas
 
 
 RUNS: tuple[DemoRun, ...] = (
-    DemoRun("lenet-wolf", "lenet-wolf", epochs=2),
+    DemoRun("lenet-wolf", "lenet-wolf", animate_as="lenet-wolf-sliding"),
+    DemoRun("lenet-wolf-shift3", "lenet-wolf", augment="shift:3", limit=20_000,
+            init="lenet-wolf", lr=1e-3, animate_as="lenet-wolf-sliding"),
     DemoRun("lenet-wolf-maxpool", "lenet-wolf-maxpool", epochs=2),
     DemoRun("lenet-wolf-maxpool-blur", "lenet-wolf-maxpool-blur", limit=20_000,
             init="lenet-wolf-maxpool", lr=1e-3),
     DemoRun("lenet-wolf-maxpool-aps", "lenet-wolf-maxpool-aps", limit=30_000,
             init="lenet-wolf-maxpool"),
-    DemoRun("lenet-wolf-38", "lenet-wolf", canvas=38, limit=15_000, init="lenet-wolf", lr=1e-3),
-    DemoRun("lenet-wolf-38-shift5", "lenet-wolf", canvas=38, augment="shift:5", limit=25_000,
-            init="lenet-wolf", lr=1e-3),
 )
 
 
@@ -55,10 +59,11 @@ class DemoSettings:
     """Sizes of the demo; the test suite shrinks them."""
     train_limit: int | None = None    # cap on every run's training images
     test_images: int = 1000           # for test accuracy
-    audit_images: int = 200
+    audit_images: int = 100
     audit_shifts: str = "-4:4"
     digit_index: int = 0              # the MNIST test digit that slides
     path: str = "left-right"          # its path across the canvas
+    canvas: int = 38                  # the canvas it slides on
     experiments: tuple[str, ...] = ("convolution-theorem", "template-matching", "weight-sharing")
     runs: tuple[DemoRun, ...] = RUNS
     seed: int = 0
@@ -81,12 +86,18 @@ def train_runs(out: Path, settings: DemoSettings, retrain: bool = False) -> dict
         limit = min(filter(None, (run.limit, settings.train_limit)), default=None)
         init = str(out / "models" / run.init / WEIGHTS) if run.init else None
         config = TrainConfig(model=run.model, data="mnist", epochs=run.epochs, lr=run.lr,
-                             augment=run.augment, canvas=run.canvas, seed=settings.seed,
+                             augment=run.augment, seed=settings.seed,
                              limit=limit, init=init)
         step = f"train {i}/{len(settings.runs)}"
         record_path = folder / RECORD
-        if not retrain and record_path.is_file() and (folder / WEIGHTS).is_file():
-            old = json.loads(record_path.read_text())
+        weights = folder / WEIGHTS
+        stale = init is not None and weights.is_file() and Path(init).is_file() and \
+            Path(init).stat().st_mtime > weights.stat().st_mtime    # its baseline was retrained
+        if not retrain and not stale and record_path.is_file() and weights.is_file():
+            try:
+                old = json.loads(record_path.read_text())
+            except ValueError:                              # damaged: train again
+                old = {}
             if old.get("config") == asdict(config) and old.get("test_images") == len(test_xy[0]):
                 records[run.name] = old
                 _say(step, f"reusing trained {run.name}: test accuracy "
@@ -95,7 +106,6 @@ def train_runs(out: Path, settings: DemoSettings, retrain: bool = False) -> dict
         start = time.perf_counter()
         _say(step, f"training {run.name} ({run.model}, {limit or len(train_xy[0])} images x "
                    f"{run.epochs} epoch{'s' * (run.epochs > 1)}"
-                   + (f", canvas {run.canvas}" if run.canvas else "")
                    + (f", augment {run.augment}" if run.augment else "")
                    + (f", from {run.init}" if run.init else "") + ") ...")
         record = train(config, folder, data=(train_xy, test_xy), progress=False,
@@ -106,43 +116,36 @@ def train_runs(out: Path, settings: DemoSettings, retrain: bool = False) -> dict
     return records
 
 
-def trained_model(out: Path, run: DemoRun) -> torch.nn.Module:
-    """The demo run's trained model, in eval mode."""
+def trained_model(out: Path, run: DemoRun, as_model: str | None = None) -> torch.nn.Module:
+    """The demo run's trained model (or its weights in the zoo model ``as_model``), eval mode."""
     from .loading import load_weights
-    from .models import builder_accepts, create_model
+    from .models import create_model
     from .train import WEIGHTS
-    kwargs = {"input_size": run.canvas or 28} if builder_accepts(run.model, "input_size") else {}
-    model = create_model(run.model, **kwargs)
+    model = create_model(as_model or run.model)
     return load_weights(model, out / "models" / run.name / WEIGHTS).eval()
 
 
 def audit_runs(out: Path, settings: DemoSettings) -> dict[str, Path]:
     """Audit every trained run; write ``audit-NAME-PROTOCOL.json``; return the paths."""
     from .audit import audit
-    from .data import load_data, place_on_canvas
+    from .data import load_data
     x, y = load_data("mnist", split="test", seed=settings.seed)
     x, y = x[-settings.audit_images:], y[-settings.audit_images:]   # not the test-accuracy images
     written = {}
     for i, run in enumerate(settings.runs, 1):
         model = trained_model(out, run)
-        images = place_on_canvas(x, (run.canvas, run.canvas)) if run.canvas else x
-        protocols = ("canvas",) if run.canvas else ("circular", "canvas")
-        for protocol in protocols:
+        for protocol in ("circular", "canvas"):
             start = time.perf_counter()
-            result = audit(model, (images, y), protocol=protocol, shifts=settings.audit_shifts,
+            result = audit(model, (x, y), protocol=protocol, shifts=settings.audit_shifts,
                            seed=settings.seed, name=run.name)
             path = result.to_json(out / f"audit-{run.name}-{protocol}.json")
             written[f"{run.name}-{protocol}"] = path
             inv = result.invariance
             _say(f"audit {i}/{len(settings.runs)}",
                  f"{run.name}, {protocol} shifts {settings.audit_shifts}: consistency "
-                 f"{_pct(inv.consistency)}, flip rate {_pct(inv.flip_rate)}, worst-case accuracy "
-                 f"{_pct(inv.worst_case_accuracy)} ({time.perf_counter() - start:.0f} s) -> {path}")
+                 f"{pct(inv.consistency)}, flip rate {pct(inv.flip_rate)}, worst-case accuracy "
+                 f"{pct(inv.worst_case_accuracy)} ({time.perf_counter() - start:.0f} s) -> {path}")
     return written
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def run_demo(out: str | Path = "out", *, retrain: bool = False,
@@ -161,22 +164,23 @@ def run_demo(out: str | Path = "out", *, retrain: bool = False,
 
 
 def visualise(out: Path, settings: DemoSettings) -> Path:
-    """Wolf's animation and the shift explorer for each canvas net, then the HTML report."""
+    """Wolf's animation and the shift explorer for each run with ``animate_as``, the
+    experiments, then the HTML report."""
     from .data import load_data
     from .report import build_report
     from .viz.animate import animate
     from .viz.explorer import explorer_frames, save_explorer
     x, y = load_data("mnist", split="test", seed=settings.seed)
     image, label = x[settings.digit_index], int(y[settings.digit_index])
-    canvas_runs = [r for r in settings.runs if r.canvas]
+    canvas_runs = [r for r in settings.runs if r.animate_as]
     for i, run in enumerate(canvas_runs, 1):
         start = time.perf_counter()
-        model = trained_model(out, run)
-        title = f"{run.name}: a {label} slides across the {run.canvas}x{run.canvas} canvas"
-        gif, frames = animate(model, image, out / f"animation-{run.name}.gif", canvas=run.canvas,
+        model = trained_model(out, run, run.animate_as)
+        title = f"{run.name}: a {label} slides across a {settings.canvas}x{settings.canvas} canvas"
+        gif, frames = animate(model, image, out / f"animation-{run.name}.gif", canvas=settings.canvas,
                               path=settings.path, label=label, title=title, seed=settings.seed)
-        explorer = explorer_frames(model, image, canvas=run.canvas, label=label, title=run.name,
-                                   seed=settings.seed)
+        explorer = explorer_frames(model, image, canvas=settings.canvas, label=label,
+                                   title=run.name, seed=settings.seed)
         saved = save_explorer(explorer, out, run.name)
         _say(f"animate {i}/{len(canvas_runs)}", f"{run.name}: {len(frames)} frames -> {gif}, "
                                                 f"explorer -> {saved} ({time.perf_counter() - start:.0f} s)")

@@ -8,14 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ShiftlabError
+from .errors import ShiftlabError, one_line
 from .models import create_model
 from .models.registry import builder_accepts
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+from .train import WEIGHTS
 
 
 def load_model(spec: str, input_size: int | None = None) -> nn.Module:
@@ -38,14 +34,14 @@ def load_model(spec: str, input_size: int | None = None) -> nn.Module:
         sys.modules[module_name] = module
         spec_obj.loader.exec_module(module)
     except Exception as err:
-        raise ShiftlabError(f"importing {file} failed: {_first_line(err)}") from None
+        raise ShiftlabError(f"importing {file} failed: {one_line(err)}") from None
     fn = getattr(module, factory, None)
     if fn is None or not callable(fn):
         raise ShiftlabError(f"{file} has no callable {factory!r}")
     try:
         model = fn()
     except Exception as err:
-        raise ShiftlabError(f"{file}:{factory}() raised {_first_line(err)}") from None
+        raise ShiftlabError(f"{file}:{factory}() raised {one_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ShiftlabError(f"{file}:{factory}() returned {type(model).__name__}, not an nn.Module")
     return model
@@ -65,7 +61,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         reason = "it cannot be unpickled" if "pickl" in type(err).__name__.lower() or \
-            "pickl" in str(err).lower()[:200] else _first_line(err)
+            "pickl" in str(err).lower()[:200] else one_line(err)
         raise ShiftlabError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_state"):
@@ -90,6 +86,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise ShiftlabError(f"weights in {path} do not match the model: {'; '.join(parts)}")
     model.load_state_dict(state)
     return model
+
+
+def load_trained(model_name: str, folder: str | Path, input_size: int | None = None) -> nn.Module:
+    """The model that :func:`shiftlab.train.train` wrote into ``folder``: built by
+    :func:`load_model` (sized for ``input_size``), its weights read from ``folder/model.safetensors``,
+    in eval mode."""
+    return load_weights(load_model(model_name, input_size), Path(folder) / WEIGHTS).eval()
 
 
 def load_matching_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:

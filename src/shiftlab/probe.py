@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .errors import ShiftlabError
+from .errors import ShiftlabError, one_line
 
 #: Width added to the example input to measure strides; divisible by 1, 2, 3, 4, 6, 8, …, 32, 48, 96.
 STRIDE_PROBE_PAD = 96
@@ -158,9 +158,8 @@ def infer_layers(model: nn.Module, example: Tensor,
         except ShiftlabError:
             raise
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ShiftlabError(f"the model cannot run on inputs of shape {tuple(example.shape)}: "
-                                f"{first}") from None
+                                f"{one_line(err)}") from None
         overwritten = {n for n, out in base.items()
                        if n in probe.versions and out._version != probe.versions[n]}
         if overwritten:                                     # record true copies of those

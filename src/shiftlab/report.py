@@ -27,8 +27,6 @@ Audits are compared on one plot only when they used the same shift protocol.
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ import numpy as np
 
 from .errors import ShiftlabError
 from .experiments.base import ExperimentResult
+from .fmt import MISSING, cell, pct
 from .io import write_text_atomic
 from .result import AuditResult
 
@@ -74,7 +73,10 @@ def find_results(root: str | Path) -> ResultsFolder:
                             "`shiftlab audit ... --out DIR/audit-NAME.json` first")
     found = ResultsFolder(root)
     for path in sorted(root.glob("audit-*.json")):
-        found.audits[_name(path, "audit-")] = AuditResult.from_json(path)
+        try:
+            found.audits[_name(path, "audit-")] = AuditResult.from_json(path)
+        except ShiftlabError as err:                       # name the file the error is about
+            raise ShiftlabError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     for path in sorted(root.glob("models/*/train.json")):
         try:
             accuracy = json.loads(path.read_text()).get("test_accuracy")
@@ -92,26 +94,25 @@ def find_results(root: str | Path) -> ResultsFolder:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _data_uri(path: Path) -> str:
-    mime = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg",
-            ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}.get(path.suffix.lower(), "application/octet-stream")
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+        ".svg": "image/svg+xml"}
 
 
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
+def _file_uri(path: Path) -> str:
+    """An image file embedded as a data URI (type from its suffix)."""
+    from .viz.explorer import data_uri
+    return data_uri(path.read_bytes(), MIME.get(path.suffix.lower(), "application/octet-stream"))
 
 
 def _sci(value) -> str:
-    return "–" if value is None else f"{value:.2e}"
+    return MISSING if value is None else f"{value:.2e}"
 
 
-def _cell(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _inside(root: Path, name: str) -> Path | None:
+    """``root/name`` if it is a file inside ``root`` (no absolute paths, no ``..`` escapes)."""
+    base = root.resolve()
+    path = (base / name).resolve()
+    return path if path.is_relative_to(base) and path.is_file() else None
 
 
 def _by_protocol(audits: dict[str, AuditResult]) -> dict[str, dict[str, AuditResult]]:
@@ -127,7 +128,7 @@ def _figure(make, results, folder: Path, stem: str, caption: str) -> dict:
         png = make(results, folder, stem, formats=("png",))[0]
     except ShiftlabError as err:
         return {"note": f"{caption}: not drawn ({err})"}
-    return {"src": _data_uri(png), "caption": caption, "alt": caption}
+    return {"src": _file_uri(png), "caption": caption, "alt": caption}
 
 
 # ----------------------------------------------------------------------------- sections
@@ -139,13 +140,13 @@ def _overview(found: ResultsFolder, figures: Path) -> dict:
         inv, p = result.invariance, result.provenance
         mean_acc = None if not inv.accuracy else float(np.mean(inv.accuracy))
         accuracy = found.test_accuracy.get(name, found.test_accuracy.get(p.model))
-        rows.append([name, f"{p.protocol} {p.shifts}", _pct(accuracy),
-                     _pct(inv.clean_accuracy), _pct(mean_acc), _pct(inv.worst_case_accuracy),
-                     _pct(inv.consistency), _pct(inv.flip_rate)])
+        rows.append([name, f"{p.protocol} {p.shifts}", pct(accuracy),
+                     pct(inv.clean_accuracy), pct(mean_acc), pct(inv.worst_case_accuracy),
+                     pct(inv.consistency), pct(inv.flip_rate)])
     audited = set(found.audits) | {r.provenance.model for r in found.audits.values()}
     for name, accuracy in found.test_accuracy.items():            # trained, not audited
         if name not in audited:
-            rows.append([name, "not audited", _pct(accuracy)] + ["–"] * 5)
+            rows.append([name, "not audited", pct(accuracy)] + [MISSING] * 5)
     notes = []
     if not found.audits:
         notes.append("No audit results were found (audit-NAME.json), so there are no stability "
@@ -195,20 +196,21 @@ def _experiments(found: ResultsFolder) -> list[dict]:
     for exp in found.experiments:
         images, missing = [], []
         for name in exp.figures:
-            path = found.root / name
-            if path.is_file():
-                images.append({"src": _data_uri(path), "caption": Path(name).stem, "alt": f"{exp.title}: {name}"})
+            path = _inside(found.root, name)
+            if path is not None:
+                images.append({"src": _file_uri(path), "caption": Path(name).stem, "alt": f"{exp.title}: {name}"})
             else:
                 missing.append(name)
         out.append({"name": exp.name, "title": exp.title, "summary": exp.summary,
-                    "columns": exp.columns, "rows": [[_cell(v) for v in r] for r in exp.rows],
+                    "columns": exp.columns, "rows": [[cell(v) for v in r] for r in exp.rows],
                     "claims": list(exp.claims.items()), "figures": images, "missing": missing})
     return out
 
 
 def _explorer_json(data: dict) -> str:
-    """The explorer data as text safe inside a ``<script type="application/json">``."""
-    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    """The explorer data as text safe inside a ``<script type="application/json">``: no ``<``
+    at all (``\\u003c`` in JSON strings), so neither ``</script`` nor ``<!--`` can end the block."""
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def build_report(results_dir: str | Path, out_html: str | Path, *, title: str = "shiftlab report") -> Path:
@@ -229,13 +231,17 @@ def build_report(results_dir: str | Path, out_html: str | Path, *, title: str = 
         "overview": _overview(found, figures),
         "layers": _layers(found, figures),
         "stability": _stability(found, figures),
-        "animations": [{"name": n, "src": _data_uri(p)} for n, p in found.animations.items()],
+        "animations": [{"name": n, "src": _file_uri(p)} for n, p in found.animations.items()],
         "explorers": [{"name": n, "data": d, "json": _explorer_json(d)} for n, d in found.explorers.items()],
         "experiments": _experiments(found),
     }
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    text = env.from_string(TEMPLATE).render(**context, css=CSS, script=SCRIPT)
+    try:
+        text = env.from_string(TEMPLATE).render(**context, css=CSS, script=SCRIPT)
+    except jinja2.TemplateError as err:      # a results file the loaders let through
+        raise ShiftlabError(f"cannot render the report of {str(found.root)!r}: {err}; "
+                            "re-create the file it names") from None
     return write_text_atomic(out_html, text)
 
 

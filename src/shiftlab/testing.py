@@ -27,12 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import ShiftlabError
+from .audit import TOLERANCE
+from .errors import ShiftlabError, one_line
 from .probe import OUTPUT, Probe, default_layers, infer_layers
 from .transforms import ShiftAction, make_action
-
-RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-HALF_RTOL = 1e-2
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def _action(protocol: str, fill: float) -> ShiftAction:
 
 def _tolerances(dtype: torch.dtype, atol: float | None, rtol: float | None,
                 expected: Tensor) -> tuple[float, float]:
-    rtol = RTOL.get(dtype, HALF_RTOL) if rtol is None else float(rtol)
+    rtol = TOLERANCE.get(dtype, TOLERANCE[torch.float16]) if rtol is None else float(rtol)
     if atol is None:
         atol = rtol * float(expected.abs().max()) if expected.numel() else 0.0
     return float(atol), rtol
@@ -107,9 +105,8 @@ def _run(module: nn.Module, x: Tensor) -> Tensor:
     except ShiftlabError:
         raise
     except Exception as err:
-        text = str(err).strip()
         raise ShiftlabError(f"the module cannot run on inputs of shape {tuple(x.shape)}: "
-                            f"{text.splitlines()[0][:200] if text else type(err).__name__}") from None
+                            f"{one_line(err)}") from None
     if not isinstance(out, Tensor):
         raise ShiftlabError(f"the module returned {type(out).__name__}; a tensor is needed")
     return out
@@ -159,8 +156,10 @@ def shift_errors(module: nn.Module, x: Tensor, shifts, *, invariant: bool = Fals
     return results
 
 
-def _first_broken_layer(module: nn.Module, x: Tensor, result: ShiftError, action: ShiftAction) -> str:
-    """`` (first broken layer: NAME, TYPE, stride s)`` for models with probed layers, else ``""``."""
+def _first_broken_layer(module: nn.Module, x: Tensor, result: ShiftError, action: ShiftAction,
+                        atol: float | None = None, rtol: float | None = None) -> str:
+    """`` (first broken layer: NAME, TYPE, stride s)`` for models with probed layers, else ``""``;
+    each layer is judged with the caller's ``atol``/``rtol`` (scaled to that layer's output)."""
     names = default_layers(module)
     if not names:
         return ""
@@ -183,19 +182,20 @@ def _first_broken_layer(module: nn.Module, x: Tensor, result: ShiftError, action
             expected = action.on_features(a, fs)
         else:
             return f" (first broken layer: {name}, {info.kind}, stride {info.stride} does not divide the shift)"
-        atol, rtol = _tolerances(a.dtype, None, None, expected)
-        if not _compare(b, expected, atol, rtol, None, result.shift, None).ok:
+        layer_atol, layer_rtol = _tolerances(a.dtype, atol, rtol, expected)
+        if not _compare(b, expected, layer_atol, layer_rtol, None, result.shift, None).ok:
             return f" (first broken layer: {name}, {info.kind}, stride {info.stride})"
     return ""
 
 
-def _fail(module, x, results: list[ShiftError], protocol: str, fill: float, law: str) -> None:
+def _fail(module, x, results: list[ShiftError], protocol: str, fill: float, law: str,
+          atol: float | None, rtol: float | None) -> None:
     bad = [r for r in results if not r.ok]
     if not bad:
         return
     r = bad[0]
     where = "" if r.feature_shift is None else f" (feature shift {r.feature_shift})"
-    layer = _first_broken_layer(module, x, r, _action(protocol, fill))
+    layer = _first_broken_layer(module, x, r, _action(protocol, fill), atol, rtol)
     raise AssertionError(
         f"not shift-{law} under the {protocol} shift {r.shift}{where}: {r.failed} of {r.total} "
         f"elements differ; greatest difference {r.max_error:.3g} at index {r.index} "
@@ -212,7 +212,7 @@ def assert_shift_equivariant(module: nn.Module, x: Tensor, shifts, *, stride: in
     """
     results = shift_errors(module, x, shifts, stride=stride, atol=atol, rtol=rtol,
                            protocol=protocol, fill=fill)
-    _fail(module, x, results, protocol, fill, "equivariant")
+    _fail(module, x, results, protocol, fill, "equivariant", atol, rtol)
 
 
 def assert_shift_invariant(module: nn.Module, x: Tensor, shifts, *, atol: float | None = None,
@@ -221,4 +221,4 @@ def assert_shift_invariant(module: nn.Module, x: Tensor, shifts, *, atol: float 
     """Assert ``module(T_δ x) == module(x)`` for every ``δ`` in ``shifts`` (any output shape)."""
     results = shift_errors(module, x, shifts, invariant=True, atol=atol, rtol=rtol,
                            protocol=protocol, fill=fill)
-    _fail(module, x, results, protocol, fill, "invariant")
+    _fail(module, x, results, protocol, fill, "invariant", atol, rtol)

@@ -28,7 +28,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     """Train lenet-wolf with and without shifts in the central region; test across the canvas."""
     from ..audit import audit
     from ..data import load_data, place_on_canvas
-    from ..loading import load_model, load_weights
+    from ..loading import load_trained
     from ..train import TrainConfig, train
     from ..viz import new_figure, save_figure
 
@@ -50,8 +50,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
         folder = out / "augmentation-runs" / ("centred" if augment is None else "shifted")
         log(f"training lenet-wolf ({name}) on {data}, canvas {canvas}x{canvas} ...")
         record = train(config, folder, data=(train_xy, (x_test, y_test)), progress=False, log=lambda s: None)
-        model = load_model("lenet-wolf", input_size=canvas)
-        load_weights(model, folder / "model.safetensors")
+        model = load_trained("lenet-wolf", folder, canvas)
         line = audit(model, (x_canvas, y_test), protocol="canvas", shifts=f"x=-{reach}:{reach}",
                      pairs=0, layers=[], seed=seed, name=name)
         inside = audit(model, (x_canvas, y_test), protocol="canvas", shifts="0:0", pairs=5,

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ShiftlabError
+from ..fmt import text_table
 from ..io import write_text_atomic
 
 
@@ -39,12 +40,8 @@ class ExperimentResult:
     seconds: float | None = None
 
     def table(self) -> str:
-        """The rows as an aligned text table."""
-        cells = [self.columns] + [[_fmt(v) for v in r] for r in self.rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        """The rows as an aligned text table (cells formatted by :func:`shiftlab.fmt.cell`)."""
+        return text_table(self.rows, self.columns)
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / f"experiment-{self.name}.json"
@@ -52,13 +49,39 @@ class ExperimentResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentResult":
+        """Read ``experiment-NAME.json`` back, checking every field's type."""
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
+            result = cls(**data)
         except (OSError, ValueError, TypeError) as err:
-            raise ShiftlabError(f"{path} is not an experiment result ({type(err).__name__})") from None
+            raise ShiftlabError(f"{path} is not an experiment result ({type(err).__name__}); "
+                                "re-run the experiment") from None
+        problem = _type_problem(result)
+        if problem:
+            raise ShiftlabError(f"{path} is not a valid experiment result: {problem}; re-run the experiment")
+        return result
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def _is_str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _type_problem(result: ExperimentResult) -> str | None:
+    """What is wrong with the field types of a loaded result, or None."""
+    for name in ("name", "title", "summary"):
+        if not isinstance(getattr(result, name), str):
+            return f"{name} must be a string"
+    if not _is_str_list(result.columns):
+        return "columns must be a list of strings"
+    if not isinstance(result.rows, list) or not all(isinstance(r, list) for r in result.rows):
+        return "rows must be a list of lists"
+    if not isinstance(result.claims, dict) or not all(isinstance(v, bool) for v in result.claims.values()):
+        return "claims must map each claim to true or false"
+    if not _is_str_list(result.figures):
+        return "figures must be a list of file names"
+    if not isinstance(result.numbers, dict) or not isinstance(result.settings, dict):
+        return "numbers and settings must be objects"
+    if result.seconds is not None and (isinstance(result.seconds, bool)
+                                       or not isinstance(result.seconds, (int, float))):
+        return "seconds must be a number or null"
+    return None

@@ -28,17 +28,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import ShiftlabError
+from ..audit import TOLERANCE
+from ..errors import ShiftlabError, one_line
 from ..transforms import circular_shift
 from .base import ExperimentResult
 
 __all__ = ["check_convolution_theorem", "impulse_response", "circular_convolve",
            "relative_error", "linearity_error", "equivariance_error", "TheoremReport",
            "position_dependent_filter", "dense_image_map", "run"]
-
-#: Relative errors below this count as float rounding.
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
-
 
 # ----------------------------------------------------------------------------- pieces
 def relative_error(a: Tensor, b: Tensor) -> float:
@@ -57,7 +54,7 @@ def _apply(linear_map: Callable[[Tensor], Tensor], x: Tensor, shape) -> Tensor:
         except ShiftlabError:
             raise
         except Exception as err:
-            raise ShiftlabError(f"the map raised {type(err).__name__} on a {tuple(x.shape)} input; "
+            raise ShiftlabError(f"the map raised an error on a {tuple(x.shape)} input ({one_line(err)}); "
                                 "it must take N x C x H x W images") from None
     if not isinstance(y, Tensor) or y.ndim != 4 or len(y) != len(x):
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
@@ -74,7 +71,7 @@ def _check_args(linear_map, shape, dtype) -> tuple[int, int, int]:
         raise ShiftlabError(f"linear_map must be a function or an nn.Module, got {type(linear_map).__name__}")
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise ShiftlabError(f"shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
-    if dtype not in TOLERANCE:
+    if dtype not in (torch.float32, torch.float64):
         raise ShiftlabError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if isinstance(linear_map, nn.Module):
         for p in linear_map.parameters():
@@ -155,6 +152,8 @@ class TheoremReport:
             return "a circular convolution"
         if not self.is_linear:
             return "not linear"
+        if self.is_equivariant:                   # the theorem holds; only rounding is large
+            return "linear and shift-equivariant, but K ⊛ x misses f(x) by more than the tolerance"
         return "linear, not shift-equivariant: not a convolution"
 
 
@@ -202,10 +201,10 @@ def position_dependent_filter(x: Tensor) -> Tensor:
 def dense_image_map(shape, seed: int = 0, dtype=torch.float64) -> nn.Module:
     """A dense (fully connected) linear layer from ``C×H×W`` images to ``C×H×W`` images,
     without bias, with seeded random weights."""
+    from .weight_sharing import dense_layer        # weight_sharing imports this module
     c, h, w = shape
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, c * h * w, bias=False),
-                         nn.Unflatten(1, (c, h, w))).to(dtype).eval()
+    return dense_layer(shape, c * h * w, unflatten=(c, h, w), bias=False).to(dtype).eval()
 
 
 def _example_maps(shape, seed: int, dtype) -> dict[str, Callable[[Tensor], Tensor]]:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..data import load_data, place_on_canvas
+from ..loading import load_trained
 from ..models import builder_accepts, create_model, list_models
 from ..train import TrainConfig, train
 from ..transforms import rescale, rot90, rotate
@@ -47,7 +48,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
         config = TrainConfig(model=name, data="mnist", epochs=settings["epochs"],
                              batch_size=settings["batch_size"], canvas=CANVAS, seed=seed)
         train(config, out / "rotation-models" / name, data=((x, y), (xt, yt)), progress=False, log=log)
-        nets[name] = _load_trained(name, out / "rotation-models" / name)
+        nets[name] = load_trained(name, out / "rotation-models" / name, CANVAS)
 
     log("testing on digits turned by quarter turns and by interpolated angles")
     turned = {name: torch.stack([_predict(net, rot90(canvas_test, k)) for k in range(4)])
@@ -101,13 +102,6 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
         name="rotation", title="Rotation: CNNs are not rotation-equivariant; a p4 group-conv net is, for rot90",
         summary=summary, columns=["angle", "lenet-wolf accuracy", "p4-cnn accuracy"], rows=rows,
         claims=claims, figures=[figure], numbers=numbers, settings=settings)
-
-
-def _load_trained(name: str, folder: Path):
-    from ..loading import load_weights
-    model = create_model(name, **({"input_size": CANVAS} if builder_accepts(name, "input_size") else {}))
-    load_weights(model, folder / "model.safetensors")
-    return model.eval()
 
 
 @torch.inference_mode()

@@ -31,8 +31,9 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def dense_layer(shape, out_features: int, *, unflatten=None, device=None, dtype=None) -> nn.Sequential:
-    """A fully connected layer on ``C×H×W`` images: flatten, then ``nn.Linear``.
+def dense_layer(shape, out_features: int, *, unflatten=None, bias: bool = True, device=None,
+                dtype=None) -> nn.Sequential:
+    """A fully connected layer on ``C×H×W`` images: flatten, then ``nn.Linear`` (with ``bias``).
 
     ``unflatten=(C', H, W)`` reshapes the output into an image (``out_features`` must be
     ``C'·H·W``); ``device="meta"`` counts parameters without allocating them.
@@ -40,7 +41,7 @@ def dense_layer(shape, out_features: int, *, unflatten=None, device=None, dtype=
     c, h, w = (int(s) for s in shape)
     if unflatten is not None and out_features != int(torch.tensor(unflatten).prod()):
         raise ShiftlabError(f"out_features {out_features} does not fill an image of shape {tuple(unflatten)}")
-    layers = [nn.Flatten(), nn.Linear(c * h * w, out_features, device=device, dtype=dtype)]
+    layers = [nn.Flatten(), nn.Linear(c * h * w, out_features, bias=bias, device=device, dtype=dtype)]
     if unflatten is not None:
         layers.append(nn.Unflatten(1, tuple(unflatten)))
     return nn.Sequential(*layers)

@@ -11,7 +11,9 @@ kept one is the same content rolled by ``floor((p + δ)/s)`` and the phase becom
 .. math::  \\mathrm{APS}(T_δ x) = T_{\\lfloor (p+δ)/s \\rfloor} \\mathrm{APS}(x).
 
 So a net of circular-padded stride-1 layers and APS layers, ended by global pooling, is
-*exactly* invariant to every integer circular shift, trained or not.
+*exactly* invariant to every integer circular shift, trained or not, when the largest-norm
+component is unique (ties have measure zero for real-valued data; a tie goes to the lowest
+``p``, which does not follow the shift).
 
 When ``s`` does not divide ``H`` (or ``W``) the map is first extended circularly (rows
 from the top appended at the bottom) to the next multiple of ``s``, so the output has the
@@ -37,7 +39,7 @@ from .padding import pad2d
 NORMS = ("l2", "l1", "linf")
 
 
-def _check_norm(norm: str) -> str:
+def check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise ShiftlabError(f"unknown APS norm {norm!r}; choose one of {', '.join(NORMS)}")
     return norm
@@ -63,7 +65,7 @@ def polyphase_components(x: Tensor, stride: int) -> Tensor:
 def component_norms(components: Tensor, norm: str = "l2") -> Tensor:
     """``(N, s², ...) → (N, s²)``; ``l2`` is compared through its square (same order)."""
     a = components.flatten(2).abs()
-    if _check_norm(norm) == "linf":
+    if check_norm(norm) == "linf":
         return a.amax(dim=2)
     return (a * a if norm == "l2" else a).sum(dim=2)
 
@@ -101,7 +103,7 @@ class APS(nn.Module):
                  blur_padding: str = "circular"):
         super().__init__()
         self.stride = check_stride(stride)
-        self.norm = _check_norm(norm)
+        self.norm = check_norm(norm)
         self.blur = None if blur_filter is None else BlurPool(None, blur_filter, 1, blur_padding)
         self.last_phase: Tensor | None = None
         self.last_size: tuple[int, int] | None = None

@@ -51,6 +51,28 @@ def check_filter_size(size) -> int:
     return size
 
 
+def pair(value) -> tuple[int, int]:
+    """``(h, w)`` from an int or a pair (torch's ``_pair``, spelled out)."""
+    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+def equal_stride(module: nn.Module, where: str) -> int:
+    """The stride of a conv or pool (a pool's defaults to its kernel size), which must be the
+    same along H and W; ``where`` starts the error message."""
+    sy, sx = pair(module.stride if module.stride is not None else module.kernel_size)
+    if sy != sx:
+        raise ShiftlabError(f"{where}: strides differ along H and W ({sy}, {sx}); "
+                            "only equal strides are supported")
+    return sy
+
+
+def at_stride_one(module: nn.Module) -> nn.Module:
+    """A copy of a conv or pool with stride 1 (same weights, kernel and padding)."""
+    twin = copy.deepcopy(module)
+    twin.stride = (1, 1) if isinstance(module, nn.Conv2d) else 1
+    return twin
+
+
 def check_maps(x: Tensor, channels: int | None = None) -> None:
     if not isinstance(x, Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -147,9 +169,5 @@ class BlurConv(Downsampled):
     """
 
     def __init__(self, conv: nn.Conv2d, filter_size: int = 3, padding: str = "reflect"):
-        sy, sx = conv.stride
-        if sy != sx:
-            raise ShiftlabError(f"BlurConv needs equal strides along H and W, got {conv.stride}")
-        twin = copy.deepcopy(conv)
-        twin.stride = (1, 1)
-        super().__init__(twin, BlurPool(None, filter_size, sy, padding))
+        stride = equal_stride(conv, "BlurConv")
+        super().__init__(at_stride_one(conv), BlurPool(None, filter_size, stride, padding))

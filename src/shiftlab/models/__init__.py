@@ -3,7 +3,7 @@
 Every zoo model has a ``geometry`` (total stride and receptive field, computed from its
 layers' settings); the probes measure the stride independently and a test compares them.
 """
-from . import convnet, lenet, p4, resnet  # noqa: F401  (register the models)
+from . import convnet, lenet, p4, resnet, sliding  # noqa: F401  (register the models)
 from . import fixed  # noqa: F401  (the converted zoo: BlurPool / APS variants)
 from .convnet import ConvNet
 from .geometry import Geometry, chain_geometry

@@ -13,6 +13,9 @@ baselines, so ``shiftlab train --model NAME`` trains them.
                                shortcut tied to its block's phase: exactly circular-invariant
 =============================  ==================================================================
 
+"Exactly" holds when every APS finds a unique largest-norm component (ties have measure
+zero for real-valued data; a tie goes to the lowest index, which does not follow the shift).
+
 There is no ``lenet-wolf-aps``: the no-pool net's only downsampling is the max-pool before
 its flatten + Linear head, which APS cannot make invariant; with circular padding and a
 global-pooling head (``lenet-wolf-gap`` made circular) it has nothing left to sample.

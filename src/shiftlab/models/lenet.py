@@ -17,8 +17,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import ShiftlabError
 from .geometry import Geometry, chain_geometry
 from .registry import register_model
+
+HEADS = ("linear", "gap")
+PADDINGS = ("valid", "zeros", "circular")
 
 
 class LeNetWolf(nn.Module):
@@ -28,17 +32,20 @@ class LeNetWolf(nn.Module):
         padding: ``"valid"`` (none), ``"zeros"`` or ``"circular"`` ('same' size).
         pool_after: conv indices followed by a 2x2 max-pool.
         strides: stride of each conv.
-        head: ``"linear"`` (2x2 max-pool, flatten, linear sized from ``input_size``),
+        head: ``"linear"`` (2x2 max-pool, flatten, linear sized from ``input_size``) or
             ``"gap"`` (global average pool of the last conv's maps, which have no ReLU:
-            they are the class maps, their means the logits) or ``"gap-linear"`` (global
-            average pool, then a linear layer on the last conv's channels). Both global
-            heads are invariant wherever the last feature map is equivariant.
+            they are the class maps, their means the logits; invariant wherever the last
+            map is equivariant).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28,
                  channels=(20, 40, 40, 5), kernel_size: int = 5, padding: str = "valid",
                  pool_after=(), strides=(1, 1, 1, 1), head: str = "linear"):
         super().__init__()
+        if head not in HEADS:
+            raise ShiftlabError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if padding not in PADDINGS:
+            raise ShiftlabError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         if head == "gap":
             channels = (*channels[:-1], num_classes)
         layers: list[nn.Module] = []
@@ -58,17 +65,16 @@ class LeNetWolf(nn.Module):
                 nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
                 nn.init.zeros_(conv.bias)
         self.head_kind = head
-        if head not in ("linear", "gap", "gap-linear"):
-            raise ValueError(f"head must be linear, gap or gap-linear, not {head!r}")
-        if head != "linear":
+        if head == "gap":
             self.pool = nn.AdaptiveAvgPool2d(1)
-            self.head = nn.Identity() if head == "gap" else nn.Linear(c_in, num_classes)
+            self.head = nn.Identity()
         else:
             self.pool = nn.MaxPool2d(2)
             side = self._side(input_size, kernel_size, padding, pool_after, strides)
             if side < 2:
-                raise ValueError(f"input_size {input_size} is too small for this net "
-                                 f"(last map {side}x{side})")
+                least = self._smallest(kernel_size, padding, pool_after, strides)
+                raise ShiftlabError(f"input_size {input_size} is too small for this net; "
+                                    f"images need at least {least}x{least} pixels")
             self.head = nn.Linear(c_in * (side // 2) ** 2, num_classes)
 
     @staticmethod
@@ -77,6 +83,14 @@ class LeNetWolf(nn.Module):
             size = (size + (0 if padding == "valid" else 2 * (k // 2)) - k) // s + 1
             if i in pool_after:
                 size //= 2
+        return size
+
+    @classmethod
+    def _smallest(cls, k: int, padding: str, pool_after, strides) -> int:
+        """The smallest input side whose last map is at least 2x2 (what the 2x2 max-pool needs)."""
+        size = 1
+        while cls._side(size, k, padding, pool_after, strides) < 2:
+            size += 1
         return size
 
     def main_path(self) -> list[nn.Module]:

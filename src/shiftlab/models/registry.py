@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import ShiftlabError
+from ..errors import ShiftlabError, one_line
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -43,4 +43,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if key not in _REGISTRY:
         raise ShiftlabError(f"unknown model {name!r}; choose one of {', '.join(list_models())} "
                             "or give path.py:factory")
-    return _REGISTRY[key](**kwargs)
+    try:
+        return _REGISTRY[key](**kwargs)
+    except (ValueError, TypeError) as err:            # a bad keyword or size, also from torch
+        raise ShiftlabError(f"{key}: {one_line(err)}") from None

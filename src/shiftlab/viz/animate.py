@@ -16,8 +16,8 @@ Beside them: the class probabilities of each frame. Frames are composed with num
 Pillow (no matplotlib per frame) and written as a looping GIF.
 
 The pieces are public because the report's explorer (:mod:`shiftlab.viz.explorer`)
-reuses them: :func:`slide_path`, :func:`choose_layers`, :func:`probe_maps`,
-:func:`colour_maps`, :func:`stabilise`.
+reuses them: :func:`check_image`, :func:`model_dtype`, :func:`canvas_frames`,
+:func:`choose_layers`, :func:`probe_maps`, :func:`colour_maps`, :func:`grey_maps`.
 """
 from __future__ import annotations
 
@@ -215,7 +215,8 @@ class AnimationFrames:
         return len(self.positions)
 
 
-def _check_image(image: torch.Tensor) -> torch.Tensor:
+def check_image(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as ``C×h×w`` (an ``h×w`` one gets a channel axis); rejects other shapes and NaN/inf."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (2, 3) or min(image.shape[-2:]) < 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ShiftlabError(f"expected one image C×h×w (or h×w), got {shape}")
@@ -224,7 +225,8 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
     return image[None] if image.ndim == 2 else image
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if it has none)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
@@ -238,9 +240,9 @@ def compute_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38,
                    path: str = "left-right", layers=None, clusters: int = 6, seed: int = 0,
                    label: int | None = None, title: str = "") -> AnimationFrames:
     """Slide ``image`` along ``path`` on the canvas and colour the chosen layers' maps."""
-    image = _check_image(image)
+    image = check_image(image)
     positions = slide_path(path, tuple(image.shape[-2:]), canvas)
-    inputs = canvas_frames(image, positions, canvas, _model_dtype(model))
+    inputs = canvas_frames(image, positions, canvas, model_dtype(model))
     infos = choose_layers(model, inputs[:1], layers)
     maps, probs = probe_maps(model, inputs, infos)
     shifts = positions - positions[0]
@@ -257,9 +259,18 @@ def compute_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38,
 
 
 # ----------------------------------------------------------------------------- drawing
-CELL = 132                       # pixels per map panel
+CELL = 132                       # pixels per map panel: the largest map (the canvas) must fit
+PALETTE_FRAMES = 16              # frames the shared GIF palette is fit on (evenly spaced)
 BACKGROUND, INK, MUTED = (250, 250, 248), (30, 30, 30), (120, 120, 120)
 ACCENT, TRUE = (238, 119, 51), (34, 136, 51)
+
+
+def check_canvas(canvas: int) -> int:
+    """The canvas side, if its panel fits the frame layout (``CELL`` pixels)."""
+    if not 1 <= canvas <= CELL:
+        raise ShiftlabError(f"the animation canvas must be between 1 and {CELL} pixels "
+                            f"(one panel), got {canvas}")
+    return canvas
 
 
 def _font(size: int):
@@ -295,7 +306,11 @@ def render_frame(frames: AnimationFrames, t: int) -> Image.Image:
         name = view.name if len(view.name) <= 18 else "…" + view.name[-17:]
         draw.text((x, top - 34), name, fill=INK, font=font)
         draw.text((x, top - 18), f"{view.kind}, stride {view.stride}", fill=MUTED, font=small)
-        scale = max(1, CELL // max(view.raw.shape[1:3]))
+        side = max(view.raw.shape[1:3])
+        if side > CELL:
+            raise ShiftlabError(f"layer {view.name!r} has a {side}-pixel map, larger than a "
+                                f"{CELL}-pixel panel; pick smaller layers or a smaller canvas")
+        scale = CELL // side
         _paste_scaled(frame, view.raw[t], (x, top), scale)
         if view.stable is not None:
             _paste_scaled(frame, view.stable[t], (x, top + CELL + gap), scale)
@@ -323,15 +338,27 @@ def _draw_bars(draw, frames: AnimationFrames, t: int, origin, width: int, font) 
         draw.text((bar_x + int(p * (width - 70)) + 4, y), f"{p:.2f}", fill=MUTED, font=font)
 
 
-def _shared_palette(rgb_frames: list[Image.Image]) -> list[Image.Image]:
-    """Quantise all frames with ONE palette, so an unchanged pixel keeps its exact colour
-    from frame to frame (per-frame palettes would make still regions shimmer)."""
-    width, height = rgb_frames[0].size
-    montage = Image.new("RGB", (width, height * len(rgb_frames)))
-    for k, frame in enumerate(rgb_frames):
-        montage.paste(frame, (0, k * height))
+def _quantised_frames(frames: AnimationFrames) -> list[Image.Image]:
+    """Render every frame and quantise it with ONE palette, so an unchanged pixel keeps its
+    exact colour from frame to frame (per-frame palettes would make still regions shimmer).
+
+    The palette is fit on at most ``PALETTE_FRAMES`` evenly spaced frames (all frames share
+    the same colours: cluster hues times brightness, greys, the bars), and each frame is
+    quantised as soon as it is drawn, so memory stays at one byte per pixel per frame.
+    """
+    count = len(frames)
+    sample = np.unique(np.linspace(0, count - 1, min(count, PALETTE_FRAMES)).round().astype(int))
+    drawn = {int(t): render_frame(frames, int(t)) for t in sample}
+    width, height = drawn[int(sample[0])].size
+    montage = Image.new("RGB", (width, height * len(drawn)))
+    for k, image in enumerate(drawn.values()):
+        montage.paste(image, (0, k * height))
     palette = montage.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    return [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in rgb_frames]
+    quantised = []
+    for t in range(count):
+        image = drawn.pop(t) if t in drawn else render_frame(frames, t)
+        quantised.append(image.quantize(palette=palette, dither=Image.Dither.NONE))
+    return quantised
 
 
 def animate(model: nn.Module, image: torch.Tensor, out_path: str | Path, *, canvas: int = 38,
@@ -343,7 +370,7 @@ def animate(model: nn.Module, image: torch.Tensor, out_path: str | Path, *, canv
         model: any classifier ``nn.Module`` taking ``N×C×canvas×canvas`` images.
         image: one ``C×h×w`` image in [0, 1] (e.g. a 28×28 digit), smaller than the canvas.
         out_path: the ``.gif`` to write (atomically).
-        canvas: side of the blank square the image slides on.
+        canvas: side of the blank square the image slides on (at most ``CELL`` = 132 pixels).
         path: ``left-right``, ``diagonal`` or ``loop`` (see :func:`slide_path`).
         layers: layer names (default: 3 feature-map layers, see :func:`choose_layers`).
         clusters: k-means colours; seed: the k-means seed; fps: frames per second.
@@ -357,9 +384,10 @@ def animate(model: nn.Module, image: torch.Tensor, out_path: str | Path, *, canv
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".gif":
         raise ShiftlabError(f"the animation is written as a GIF; name it *.gif, not {out_path.name}")
+    check_canvas(canvas)
     frames = compute_frames(model, image, canvas=canvas, path=path, layers=layers,
                             clusters=clusters, seed=seed, label=label, title=title)
-    images = _shared_palette([render_frame(frames, t) for t in range(len(frames))])
+    images = _quantised_frames(frames)
     with atomic_path(out_path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                        duration=round(1000 / fps), loop=0, disposal=1)

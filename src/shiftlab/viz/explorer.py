@@ -30,19 +30,24 @@ from torch import nn
 from ..data.canvas import centred_position
 from ..errors import ShiftlabError
 from ..io import write_text_atomic
-from .animate import (_check_image, _model_dtype, canvas_frames, choose_layers, colour_maps,
-                      grey_maps, probe_maps)
+from .animate import canvas_frames, check_image, choose_layers, colour_maps, grey_maps, model_dtype, probe_maps
 
 SCHEMA = "shiftlab.explorer/1"
+PNG_URI = "data:image/png;base64,"          # every image of an explorer file starts so (no network)
 
-__all__ = ["explorer_frames", "save_explorer", "load_explorer", "png_data_uri"]
+__all__ = ["explorer_frames", "save_explorer", "load_explorer", "data_uri", "png_data_uri"]
+
+
+def data_uri(payload: bytes, mime: str) -> str:
+    """``payload`` as a ``data:MIME;base64,`` URI, to embed a file in a page."""
+    return f"data:{mime};base64," + base64.b64encode(payload).decode("ascii")
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
     """An ``(h, w, 3)`` uint8 array as a ``data:image/png;base64,`` URI (deterministic bytes)."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_uri(buffer.getvalue(), "image/png")
 
 
 def explorer_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38, radius: int | None = None,
@@ -54,7 +59,7 @@ def explorer_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38, 
     every direction (5 for a 28×28 digit on 38×38). Returns the JSON-serialisable dict
     described in the module doc.
     """
-    image = _check_image(image)
+    image = check_image(image)
     h, w = image.shape[-2:]
     cy, cx = centred_position((h, w), (canvas, canvas))
     room = min(cy, cx, canvas - h - cy, canvas - w - cx)
@@ -67,7 +72,7 @@ def explorer_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38, 
                             f"{canvas}x{canvas} canvas, got {radius}")
     offsets = list(range(-radius, radius + 1))
     shifts = np.array([(dy, dx) for dy in offsets for dx in offsets])
-    inputs = canvas_frames(image, shifts + np.array([cy, cx]), canvas, _model_dtype(model))
+    inputs = canvas_frames(image, shifts + np.array([cy, cx]), canvas, model_dtype(model))
     infos = choose_layers(model, inputs[:1], layers)
     maps, probs = probe_maps(model, inputs, infos)
     grey = grey_maps(inputs.double().numpy())
@@ -90,14 +95,64 @@ def save_explorer(data: dict, folder: str | Path, name: str) -> Path:
 
 
 def load_explorer(path: str | Path) -> dict:
-    """Read an explorer JSON back, checking its schema and frame count."""
+    """Read an explorer JSON back, checking every key the report uses and its type.
+
+    Every image must be an embedded PNG (``data:image/png;base64,...``), so a page built
+    from the file never reaches the network.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise ShiftlabError(f"{path} is not a readable explorer file ({type(err).__name__})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ShiftlabError(f"{path} is not a shiftlab explorer file (expected schema {SCHEMA!r})")
-    frames, dys, dxs = data.get("frames"), data.get("dys"), data.get("dxs")
-    if not isinstance(frames, list) or not dys or not dxs or len(frames) != len(dys) * len(dxs):
-        raise ShiftlabError(f"{path} is incomplete: expected one frame per (dy, dx); re-create it")
+    problem = _explorer_problem(data)
+    if problem:
+        raise ShiftlabError(f"{path} is incomplete: {problem}; re-create it with save_explorer")
     return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_png(value) -> bool:
+    return isinstance(value, str) and value.startswith(PNG_URI)
+
+
+def _explorer_problem(data: dict) -> str | None:
+    """What is missing or mistyped in explorer data (layout: see the module doc), or None."""
+    if not _is_int(data.get("canvas")) or data["canvas"] < 1:
+        return "canvas must be a positive integer"
+    classes, label = data.get("classes"), data.get("label")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes must be a non-empty list of strings"
+    if label is not None and not (_is_int(label) and 0 <= label < len(classes)):
+        return f"label must be null or a class index below {len(classes)}"
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not all(
+            isinstance(l, dict) and isinstance(l.get("name"), str) and isinstance(l.get("kind"), str)
+            and _is_int(l.get("stride")) for l in layers):
+        return "layers must be a list of {name, kind, stride}"
+    dys, dxs, frames = data.get("dys"), data.get("dxs"), data.get("frames")
+    for key, values in (("dys", dys), ("dxs", dxs)):
+        if not isinstance(values, list) or not values or not all(_is_int(v) for v in values):
+            return f"{key} must be a non-empty list of integer shifts"
+    if not isinstance(frames, list) or len(frames) != len(dys) * len(dxs):
+        return f"expected {len(dys) * len(dxs)} frames, one per (dy, dx)"
+    for k, frame in enumerate(frames):
+        if not isinstance(frame, dict) or not _is_int(frame.get("dy")) or not _is_int(frame.get("dx")):
+            return f"frame {k} lacks its integer dy, dx"
+        if not _is_png(frame.get("input")):
+            return f"frame {k}'s input is not an embedded PNG ({PNG_URI}...)"
+        maps = frame.get("maps")
+        if not isinstance(maps, list) or len(maps) != len(layers) or not all(_is_png(m) for m in maps):
+            return f"frame {k} needs one embedded PNG map ({PNG_URI}...) per layer"
+        probs = frame.get("probs")
+        if not isinstance(probs, list) or len(probs) != len(classes) or not all(_is_number(p) for p in probs):
+            return f"frame {k} needs one probability per class"
+    return None
