@@ -44,13 +44,12 @@ class DemoRun:
 
 RUNS: tuple[DemoRun, ...] = (
     DemoRun("lenet-wolf", "lenet-wolf", animate_as="lenet-wolf-sliding"),
-    DemoRun("lenet-wolf-shift3", "lenet-wolf", augment="shift:3", limit=20_000,
-            init="lenet-wolf", lr=1e-3, animate_as="lenet-wolf-sliding"),
+    DemoRun("lenet-wolf-shift3", "lenet-wolf", augment="shift:3", init="lenet-wolf",
+            animate_as="lenet-wolf-sliding"),
     DemoRun("lenet-wolf-maxpool", "lenet-wolf-maxpool", epochs=2),
     DemoRun("lenet-wolf-maxpool-blur", "lenet-wolf-maxpool-blur", limit=20_000,
             init="lenet-wolf-maxpool", lr=1e-3),
-    DemoRun("lenet-wolf-maxpool-aps", "lenet-wolf-maxpool-aps", limit=30_000,
-            init="lenet-wolf-maxpool"),
+    DemoRun("lenet-wolf-maxpool-aps", "lenet-wolf-maxpool-aps", init="lenet-wolf-maxpool", lr=2e-3),
 )
 
 
