@@ -117,11 +117,8 @@ def train_runs(out: Path, settings: DemoSettings, retrain: bool = False) -> dict
 
 def trained_model(out: Path, run: DemoRun, as_model: str | None = None) -> torch.nn.Module:
     """The demo run's trained model (or its weights in the zoo model ``as_model``), eval mode."""
-    from .loading import load_weights
-    from .models import create_model
-    from .train import WEIGHTS
-    model = create_model(as_model or run.model)
-    return load_weights(model, out / "models" / run.name / WEIGHTS).eval()
+    from .loading import load_trained
+    return load_trained(as_model or run.model, out / "models" / run.name)
 
 
 def audit_runs(out: Path, settings: DemoSettings) -> dict[str, Path]:

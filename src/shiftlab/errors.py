@@ -20,3 +20,15 @@ def one_line(err: BaseException, limit: int = 200) -> str:
         return type(err).__name__
     first = text.splitlines()[0][:limit]
     return first if isinstance(err, ShiftlabError) else f"{type(err).__name__}: {first}"
+
+
+def run_model(model, x, who: str = "the model"):
+    """``model(x)``; any error other than a :class:`ShiftlabError` becomes one line saying
+    that ``who`` cannot run on inputs of ``x``'s shape, and why."""
+    try:
+        return model(x)
+    except ShiftlabError:
+        raise
+    except Exception as err:
+        raise ShiftlabError(f"{who} cannot run on inputs of shape {tuple(x.shape)}: "
+                            f"{one_line(err)}") from None

@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .errors import ShiftlabError, one_line
+from .errors import ShiftlabError, run_model
 
 #: Width added to the example input to measure strides; divisible by 1, 2, 3, 4, 6, 8, …, 32, 48, 96.
 STRIDE_PROBE_PAD = 96
@@ -153,13 +153,7 @@ def infer_layers(model: nn.Module, example: Tensor,
     modules = dict(model.named_modules())
     # no_grad, not inference_mode: version counters reveal outputs modified in place
     with Probe(model, layers) as probe, torch.no_grad():
-        try:
-            base = probe(example)
-        except ShiftlabError:
-            raise
-        except Exception as err:
-            raise ShiftlabError(f"the model cannot run on inputs of shape {tuple(example.shape)}: "
-                                f"{one_line(err)}") from None
+        base = run_model(probe, example)
         overwritten = {n for n, out in base.items()
                        if n in probe.versions and out._version != probe.versions[n]}
         if overwritten:                                     # record true copies of those

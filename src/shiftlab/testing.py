@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .audit import TOLERANCE
-from .errors import ShiftlabError, one_line
+from .errors import ShiftlabError, run_model
 from .probe import OUTPUT, Probe, default_layers, infer_layers
 from .transforms import ShiftAction, make_action
 
@@ -99,14 +99,8 @@ def _compare(actual: Tensor, expected: Tensor, atol: float, rtol: float, mask: T
 
 
 def _run(module: nn.Module, x: Tensor) -> Tensor:
-    try:
-        with torch.no_grad():
-            out = module(x)
-    except ShiftlabError:
-        raise
-    except Exception as err:
-        raise ShiftlabError(f"the module cannot run on inputs of shape {tuple(x.shape)}: "
-                            f"{one_line(err)}") from None
+    with torch.no_grad():
+        out = run_model(module, x, "the module")
     if not isinstance(out, Tensor):
         raise ShiftlabError(f"the module returned {type(out).__name__}; a tensor is needed")
     return out
