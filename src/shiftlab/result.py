@@ -32,6 +32,8 @@ class Provenance:
     crop: list[int] | None = None    # crop window h, w
     pairs_per_image: int = 0
     pair_range: list[float] | None = None    # consistency shifts: [low, high) per axis
+    pair_offsets: str | None = None  # how the random pairs were drawn, in words (crop: Zhang's
+                                     # [0, D) window offsets or the inclusive [0, D])
     batch_size: int = 0
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -43,7 +45,9 @@ class LayerResult:
     ``alignment[k]`` says how shift k was compared: ``exact`` (the stride divides the
     shift), ``nearest`` (best integer alignment: an approximation), ``fourier`` (a
     band-limited sub-pixel shift of the map) or ``invariance`` (no spatial axes: compared
-    unshifted).
+    unshifted). ``error[k]`` is None where shift k left no position to compare (JSON
+    ``null``); ``comparison == "not comparable"`` when no non-zero shift had any, and
+    ``note`` then says why in words (it also says when only part of the map was compared).
     """
 
     name: str
@@ -51,16 +55,19 @@ class LayerResult:
     shape: list[int]
     stride: int | None               # cumulative stride; for an invariance layer, the
                                      # largest stride before it (exact shifts: its multiples)
-    comparison: str                  # "equivariance" | "invariance" | "skipped"
+    comparison: str                  # "equivariance" | "invariance" | "skipped" | "not comparable"
     alignment: list[str]
-    error: list[float]
-    max_error: list[float]
+    error: list[float | None]        # None: nothing to compare at that shift
+    max_error: list[float | None]
     error_exact: float | None        # pooled over the non-zero exactly-aligned shifts
     error_other: float | None        # pooled over the other non-zero shifts
+    note: str | None = None          # how the layer was compared, in words, when it matters
 
     def verdict(self, tol: float) -> str:
         if self.comparison == "skipped":
             return "skipped (stride unknown)"
+        if self.comparison == "not comparable":
+            return "not comparable"
         word = "invariant" if self.comparison == "invariance" else "equivariant"
         exact_ok = self.error_exact is None or self.error_exact < tol
         other_ok = self.error_other is None or self.error_other < tol
