@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from shiftlab import AuditResult, ShiftlabError, audit, canvas_shift
 from shiftlab.audit import pair_shifts
@@ -72,7 +72,13 @@ def test_crop_protocol_on_valid_convs():
     r = audit(model, _images(3, 34), protocol="crop", crop=(28, 28), shifts="-2:2", pairs=2)
     assert r.provenance.input_shape == [1, 28, 28]
     assert r.layer("features.7").error_exact < 1e-5
+    # Zhang's window offsets o in [0, D), D = 34 - 28 = 6; a shift is anchor (3) - o
+    assert r.provenance.pair_range == [-2.0, 4.0]
+    assert "[0, D)" in r.provenance.pair_offsets and "D = 6" in r.provenance.pair_offsets
+    r = audit(model, _images(3, 34), protocol="crop", crop=(28, 28), shifts="-2:2", pairs=2,
+              crop_offsets="inclusive")
     assert r.provenance.pair_range == [-3.0, 4.0]        # every window offset of 34 -> 28
+    assert "[0, D]" in r.provenance.pair_offsets
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
@@ -115,7 +121,9 @@ def test_parity_model_flips_at_every_step():
     r = audit(ParityOfX(), (x, y), protocol="canvas", shifts="x=-3:3", pairs=4, seed=3)
     inv = r.invariance
     assert inv.flip_rate == 1.0 and inv.steps == 6 * 5
-    assert inv.mean_abs_change == pytest.approx(0.0, abs=1e-6)
+    # MAC follows the earlier step's class: its probability goes from ~1 to ~0 at every
+    # step (the difference of the two top probabilities would be 0 here)
+    assert inv.mean_abs_change == pytest.approx(1.0, abs=1e-6)
     assert inv.accuracy == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     assert inv.worst_case_accuracy == 0.0 and inv.clean_accuracy == 1.0
     # consistency: a pair agrees exactly when its two x shifts have the same parity
@@ -224,7 +232,7 @@ def test_bad_data_is_a_clear_error(data, match):
     (dict(shifts="-1:1:0.5"), "integer"),
     (dict(protocol="crop"), "window size"),
     (dict(layers=["nope"]), "unknown layer"),
-    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=0), "batch size"),
     (dict(shifts="1:-1"), "STOP >= START"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, match):
@@ -241,3 +249,117 @@ def test_canvas_shift_object_inside_audits_exactly():
     b = audit(model, x, protocol="circular", shifts="-2:2", pairs=0)
     assert a.layer("output").error == pytest.approx(b.layer("output").error, abs=1e-7)
     assert torch.equal(canvas_shift(x, (2, -2)), torch.roll(x, (2, -2), dims=(-2, -1)))
+
+
+# --- circular shifts on layers that change the map size --------------------------------
+def _wrapped_oracle(layer: nn.Module, x: Tensor, shift, reach_rows, reach_cols) -> float:
+    """Brute force: compare φ(roll(x)) with φ(x) moved by the shift, at output positions
+    p whose window (given by hand) holds no wrapped pixel and whose source p − δ exists."""
+    with torch.no_grad():
+        out, ref = layer(torch.roll(x, shift, dims=(-2, -1))), layer(x)
+    h, w = out.shape[-2:]
+    dy, dx = shift
+    num = den = 0.0
+    for p, q in itertools.product(range(h), range(w)):
+        if not (0 <= p - dy < h and 0 <= q - dx < w) or reach_rows(p, dy) or reach_cols(q, dx):
+            continue
+        num += (out[..., p, q] - ref[..., p - dy, q - dx]).double().square().sum().item()
+        den += ref[..., p - dy, q - dx].double().square().sum().item()
+    return (num / den) ** 0.5
+
+
+def _window_hits_wrap(pad: int, k: int, n_in: int):
+    """Does output p's window [p − pad, p − pad + k) hold a pixel the shift d wrapped?"""
+    def hit(p, d):
+        lo, hi = p - pad, p - pad + k - 1
+        band = range(0, d) if d > 0 else range(n_in + d, n_in)
+        return any(lo <= r <= hi for r in band)
+    return hit
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_circular_shifts_compare_size_changing_maps_where_nothing_wrapped(pad):
+    """A 5×5 conv with padding 0 (28 → 24) or 1 (28 → 26): a roll of the input is not a roll
+    of the map. The audit compares exactly the positions a brute-force oracle picks by hand
+    from the window geometry, and gets its error."""
+    conv = nn.Conv2d(1, 3, 5, padding=pad, bias=False).double()
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    r = audit(conv, x, protocol="circular", shifts="-3:3", pairs=0, layers=[])
+    hit = _window_hits_wrap(pad, 5, 28)
+    for k, (dy, dx) in enumerate(r.shifts):
+        want = _wrapped_oracle(conv, x, (int(dy), int(dx)), hit, hit)
+        assert r.layer("output").error[k] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    if pad == 0:                                            # valid conv: exact where compared
+        assert r.layer("output").error_exact < 1e-12
+    assert "receptive field did not wrap" in r.layer("output").note
+
+
+def test_lenet_wolf_convolutions_are_exact_under_circular_shifts():
+    """Issue 10: lenet-wolf's valid convolutions (28 → 24 → 20 → 16 → 12) showed an error of
+    0.17–0.23 under circular ±4 shifts of MNIST digits, as if convolution were not
+    equivariant. Compared where their receptive fields did not wrap, they are exact."""
+    from shiftlab.data import load_data
+    x, y = load_data("digits", split="test")                # always there; 8×8 → place on 28
+    from shiftlab.data import place_on_canvas
+    x = place_on_canvas(x[:40], (28, 28))
+    model = create_model("lenet-wolf").eval()
+    r = audit(model, (x, y[:40]), protocol="circular", shifts="-4:4", pairs=0)
+    for name in ("features.0", "features.2", "features.4", "features.6"):
+        layer = r.layer(name)
+        assert layer.comparison == "equivariance" and layer.error_exact < 1e-5, name
+        assert all(e is not None and e < 1e-5 for e in layer.error), name
+        assert layer.verdict(r.provenance.tolerance) == "equivariant"
+    assert r.layer("pool").error_exact < 1e-5                 # exact at even shifts
+    assert r.layer("pool").error_other > 1e-2                 # not at odd ones
+
+
+def test_a_map_every_wrap_reaches_is_not_comparable(tmp_path):
+    """A 28×28 kernel on a 28×28 input: its single output sees every pixel, so under any
+    circular shift nothing is comparable. The result says so: per-shift errors are None
+    (JSON null), the verdict and the table say "not comparable"."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 28), nn.ReLU(), nn.Flatten())
+    r = audit(model, torch.rand(3, 1, 28, 28), protocol="circular", shifts="x=-2:2", pairs=0)
+    layer = r.layer("0")
+    assert layer.comparison == "not comparable"
+    assert layer.error == [None, None, 0.0, None, None]       # only the identity compares
+    assert layer.error_exact is None and layer.error_other is None
+    assert layer.verdict(r.provenance.tolerance) == "not comparable"
+    assert layer.note.startswith("not comparable")
+    assert "not comparable" in r.table()
+    path = r.to_json(tmp_path / "r.json")
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = AuditResult.from_json(path)
+    assert back.layer("0").error == [None, None, 0.0, None, None]
+
+
+def test_same_size_maps_still_roll_under_circular_shifts():
+    """Zero padding on a same-size map: a roll is the induced action, and the audit still
+    reports the padding's error at the borders (not hidden as 'not comparable')."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))
+    r = audit(model, torch.rand(3, 1, 12, 12), protocol="circular", shifts="x=-2:2", pairs=0)
+    assert r.layer("0").note is None and r.layer("0").error_exact > 1e-3
+
+
+# --- Zhang's crop protocol ----------------------------------------------------------------
+@pytest.mark.parametrize("offsets,count", [("zhang", 4), ("inclusive", 5)])
+def test_crop_pairs_draw_zhangs_window_offsets(offsets, count):
+    """Zhang (2019) draws window offsets with randint(D): {0 … D−1}; "inclusive" adds D.
+    On 32×32 images with a 28×28 window (D = 4) every drawn offset anchor − shift lies in
+    that set, and every value of it occurs."""
+    model = create_model("lenet-wolf", input_size=28)
+    r = audit(model, torch.rand(40, 1, 32, 32), protocol="crop", crop=(28, 28), shifts="0:0",
+              pairs=8, crop_offsets=offsets)
+    lo, hi = r.provenance.pair_range
+    drawn = pair_shifts(0, 0, 40, 8, lo, hi)
+    offsets_seen = set((2 - drawn).flatten().long().tolist())     # anchor = D // 2 = 2
+    assert offsets_seen == set(range(count))
+
+
+def test_crop_without_window_offsets_is_a_clear_error():
+    with pytest.raises(ShiftlabError, match=r"\[0, D\)"):
+        audit(create_model("lenet-wolf", input_size=28), torch.rand(2, 1, 28, 28),
+              protocol="crop", crop=(28, 28), shifts="0:0", pairs=1)
+    r = audit(create_model("lenet-wolf", input_size=28), torch.rand(2, 1, 28, 28),
+              protocol="crop", crop=(28, 28), shifts="0:0", pairs=1, crop_offsets="inclusive")
+    assert r.invariance.consistency == 1.0

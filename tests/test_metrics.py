@@ -46,8 +46,9 @@ def test_grid_stability_streams_merges_and_knows_its_answers():
                          lambda m, sl: m.update(probs[:, sl], labels[sl]), CHUNKS)
     pred = probs.argmax(-1)
     flips = (pred[1:] != pred[:-1]).double().mean().item()
-    conf = probs.max(-1).values
-    mac = (conf[1:] - conf[:-1]).abs().double().mean().item()
+    # MAC (Azulay & Weiss): the earlier step's top-1 class, its probability at both steps
+    mac = sum(abs(probs[j, n, pred[j - 1, n]] - probs[j - 1, n, pred[j - 1, n]]).item()
+              for j in range(1, 4) for n in range(20)) / (3 * 20)
     hit = pred == labels
     for metric in runs:
         got = metric.compute()
@@ -66,8 +67,23 @@ def test_alternating_predictions_flip_at_every_step():
     probs[1::2, :, 1] = 1
     m = GridStability(5, ShiftSet.parse("x=0:4").neighbours())
     m.update(probs)
-    assert m.compute()["flip_rate"] == 1.0 and m.compute()["mean_abs_change"] == 0.0
+    assert m.compute()["flip_rate"] == 1.0 and m.compute()["mean_abs_change"] == 1.0
     assert "accuracy" not in m.compute()                              # no labels given
+
+
+def test_mac_follows_the_earlier_steps_class():
+    """The issue's example: [0.6, 0.4] then [0.3, 0.7]. The definition (Azulay & Weiss
+    2019) compares class 0 at both steps: |0.3 − 0.6| = 0.3; the difference of the top
+    probabilities (0.7 − 0.6 = 0.1) is not MAC."""
+    m = GridStability(2, torch.tensor([[0, 1]], dtype=torch.float64))
+    m.update(torch.tensor([[[0.6, 0.4]], [[0.3, 0.7]]], dtype=torch.float64))
+    assert m.compute()["mean_abs_change"] == pytest.approx(0.3, abs=1e-12)
+    m = GridStability(2, torch.tensor([[0, 1]], dtype=torch.float64))                     # the step taken backwards
+    m.update(torch.tensor([[[0.3, 0.7]], [[0.6, 0.4]]], dtype=torch.float64))
+    assert m.compute()["mean_abs_change"] == pytest.approx(0.3, abs=1e-12)   # class 1: 0.7 → 0.4
+    m = GridStability(3, torch.tensor([[0, 1], [1, 2]], dtype=torch.float64))             # no flip, class kept
+    m.update(torch.tensor([[[0.9, 0.1]], [[0.8, 0.2]], [[0.55, 0.45]]], dtype=torch.float64))
+    assert m.compute()["mean_abs_change"] == pytest.approx((0.1 + 0.25) / 2, abs=1e-12)
 
 
 def test_consistency_streams_and_merges():

@@ -122,3 +122,29 @@ def test_every_zoo_model_runs_and_reports_strides(name):
     infos = infer_layers(model, torch.zeros(1, 1, 28, 28))
     assert infos[-1].name == "output" and infos[-1].shape == (10,)
     assert all(i.stride_source != "unknown" for i in infos)
+
+
+def test_wrap_reach_follows_the_receptive_field():
+    """NaN in the wrapped band reaches exactly the positions whose window covers it:
+    a valid 5×5 conv (28 → 24) and a 2×2 max-pool after it (24 → 12)."""
+    from shiftlab.probe import wrap_reach
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 5), torch.nn.MaxPool2d(2))
+    reach = wrap_reach(net, torch.rand(1, 1, 28, 28), ["0", "1"], [(0, 2), (0, -3), (1, 1)])
+    rows = lambda name, key: reach[name][key].nonzero().flatten().tolist()
+    assert rows("0", (0, 2)) == [0, 1]                    # windows [p, p+4] ∋ row 0 or 1
+    assert rows("0", (0, -3)) == [21, 22, 23]              # windows ∋ rows 25 … 27
+    assert rows("0", (1, 1)) == [0]
+    assert rows("1", (0, 2)) == [0] and rows("1", (0, -3)) == [10, 11]
+    assert rows("output", (0, 2)) == [0]
+
+
+def test_wrap_reach_names_a_model_that_cannot_take_nan():
+    from shiftlab.probe import wrap_reach
+
+    class Strict(torch.nn.Module):
+        def forward(self, x):
+            if torch.isnan(x).any():
+                raise ValueError("NaN input")
+            return x
+    with pytest.raises(ShiftlabError, match="NaN"):
+        wrap_reach(Strict(), torch.rand(1, 1, 8, 8), [], [(0, 1)])

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from .errors import ShiftlabError
 from .metrics import Consistency, EquivarianceError, GridStability, SensitivityMap, masked_sq_norms
-from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers
+from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers, wrap_reach
 from .result import AuditResult, InvarianceResult, LayerResult, Provenance
 from .shifts import ShiftSet
-from .transforms import ShiftAction, make_action
+from .transforms import ShiftAction, make_action, overlap_blocks
 
 __all__ = ["audit", "iter_batches", "pair_shifts", "default_shifts", "TOLERANCE"]
 
@@ -58,6 +58,11 @@ def _check_batch(x, y) -> tuple[Tensor, Tensor | None]:
         if y.ndim != 1 or len(y) != len(x):
             raise ShiftlabError(f"labels must be a vector of {len(x)} class indices, "
                                 f"got shape {tuple(y.shape)}")
+        if y.is_complex() or y.dtype == torch.bool or (y.is_floating_point() and not (
+                bool(torch.isfinite(y).all()) and torch.equal(y, y.round()))):
+            raise ShiftlabError(f"labels must be whole class indices, got {y.dtype} values "
+                                f"such as {y[:4].tolist()}")
+        y = y.to(torch.int64)
     return x, y
 
 
@@ -104,28 +109,104 @@ def pair_shifts(seed: int, start: int, n: int, pairs: int, low: float, high: flo
     return torch.from_numpy(values)
 
 
+#: How the crop protocol draws window offsets for consistency pairs.
+CROP_OFFSETS = {
+    "zhang": "[0, D) (Zhang 2019 and antialiased-cnns: randint(D))",
+    "inclusive": "[0, D] (every window position)",
+}
+
+
+@dataclass(frozen=True)
+class PairRange:
+    """Where consistency shifts are drawn: uniform in ``[low, high)`` per axis (floored
+    for integer protocols), and that rule in words for the result."""
+
+    low: tuple[float, float]
+    high: tuple[float, float]
+    words: str
+
+    def as_list(self) -> list[float]:
+        """``[low, high)`` for both axes, or ``[low_y, high_y, low_x, high_x]``."""
+        if self.low[0] == self.low[1] and self.high[0] == self.high[1]:
+            return [self.low[0], self.high[0]]
+        return [self.low[0], self.high[0], self.low[1], self.high[1]]
+
+
 def _pair_range(action: ShiftAction, size: tuple[int, int], grid: ShiftSet,
-                pair_range: float | None) -> tuple[float, float]:
-    h, w = size
+                pair_range: float | None, crop_offsets: str = "zhang") -> PairRange:
+    """The consistency protocol of ``action`` on images of ``size``.
+
+    crop: window offsets ``o`` in ``[0, D)`` per axis with ``D`` = image − window (Zhang
+    2019: resize 256, 224 windows, ``randint(32)``), or ``[0, D]`` with ``"inclusive"``;
+    a shift is ``anchor − o``. canvas: ``[−R, R]`` with R the grid's largest shift.
+    circular and fractional: ``[−R, R)`` with ``R = min(32, side / 2)`` (the APS and
+    alias-free papers' ±32 on ImageNet).
+    """
     if action.name == "crop":
-        ch, cw = action.size
-        # every window position: offsets {0 … H−h}, i.e. shifts anchor−offset
-        return (float((h - ch) // 2 - (h - ch)), float((h - ch) // 2 + 1))
+        if crop_offsets not in CROP_OFFSETS:
+            raise ShiftlabError(f"crop offsets must be one of {', '.join(CROP_OFFSETS)}, "
+                                f"got {crop_offsets!r}")
+        span = [n - c for n, c in zip(size, action.size)]                  # D per axis
+        anchor = [d // 2 for d in span]
+        if crop_offsets == "zhang" and min(span) < 1:
+            raise ShiftlabError(
+                f"a {action.size[0]}x{action.size[1]} crop of {size[0]}x{size[1]} images has no "
+                "window offsets in [0, D) (D = 0); give larger images or a smaller --crop, or "
+                "--crop-offsets inclusive")
+        first = 1 if crop_offsets == "zhang" else 0
+        low = tuple(float(a - d + first) for a, d in zip(anchor, span))
+        high = tuple(float(a + 1) for a in anchor)
+        d_text = str(span[0]) if span[0] == span[1] else f"{span[0]} (rows), {span[1]} (columns)"
+        return PairRange(low, high, f"crop window offsets uniform in "
+                                    f"{CROP_OFFSETS[crop_offsets]} per axis, D = {d_text}")
     if action.name == "canvas":
-        r = pair_range if pair_range is not None else grid.max_abs()
-        return (-float(r), float(r) + 1.0)
-    r = pair_range if pair_range is not None else min(32, min(h, w) // 2)
-    return (-float(r), float(r))
+        r = float(pair_range if pair_range is not None else grid.max_abs())
+        return PairRange((-r, -r), (r + 1, r + 1),
+                         f"integer shifts uniform in [-{r:g}, {r:g}] per axis")
+    r = float(pair_range if pair_range is not None else min(32, min(size) // 2))
+    kind = "integer" if action.integer else "real"
+    return PairRange((-r, -r), (r, r), f"{kind} shifts uniform in [-{r:g}, {r:g}) per axis")
 
 
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class _Compared:
-    """A probed layer and how its outputs are compared."""
+    """A probed layer and how its outputs are compared.
+
+    ``rolls``: the protocol acts on this map as on the input (always, except for a
+    circular protocol on a map whose size times its stride is not the input's size, such
+    as a valid convolution's 24×24 map of a 28×28 input: a roll of the input is not a roll
+    of that map). Such a map is compared without wrap-around, only at positions whose
+    receptive field did not wrap, as measured by :func:`~shiftlab.probe.wrap_reach`
+    (``reach``).
+    """
 
     info: LayerInfo
     comparison: str       # "equivariance" | "invariance" | "skipped"
     metric: EquivarianceError | None
+    rolls: bool = True
+    reach: dict | None = None
+
+    def bounds(self, shift: tuple[float, float]):
+        """Output positions ``((lo_y, hi_y), (lo_x, hi_x))`` no wrapped pixel reaches, or
+        None when every position may be compared; ``()`` when none may (a sub-pixel shift
+        moves every pixel of the input)."""
+        if self.rolls:
+            return None
+        if self.reach is None or any(d != round(d) for d in shift):
+            return ()
+        out = []
+        for axis, d in enumerate(int(round(d)) for d in shift):
+            n = self.info.shape[1 + axis]
+            reached = self.reach.get((axis, d)) if d else None
+            hit = [] if reached is None else reached.nonzero().flatten().tolist()
+            if not hit:
+                out.append((0, n))
+            elif d > 0:                                  # the wrapped band is at the top/left
+                out.append((hit[-1] + 1, n))
+            else:                                        # … at the bottom/right
+                out.append((0, hit[0]))
+        return tuple(out)
 
 
 class _Aligner:
@@ -139,8 +220,8 @@ class _Aligner:
     :meth:`ShiftAction.valid_mask` (a test checks this).
     """
 
-    def __init__(self, action: ShiftAction, ref: Tensor, margin: int):
-        self.action, self.ref, self.margin = action, ref, margin
+    def __init__(self, ref: Tensor, circular: bool, margin: int):
+        self.ref, self.circular, self.margin = ref, circular, margin
         self.h, self.w = ref.shape[-2:]
         energy = ref.to(torch.float64).square().sum(1)                  # (N, H, W)
         self.integral = torch.nn.functional.pad(energy.cumsum(1).cumsum(2), (1, 0, 1, 0))
@@ -152,10 +233,10 @@ class _Aligner:
             if len(self._shifted) >= 2:              # shifts come column by column: keep two
                 self._shifted.pop(next(iter(self._shifted)))
             buf = torch.empty_like(self.ref)
-            r = kx % self.w if self.action.circular else kx
+            r = kx % self.w if self.circular else kx
             if r == 0:
                 buf.copy_(self.ref)
-            elif self.action.circular:
+            elif self.circular:
                 buf[..., r:] = self.ref[..., :self.w - r]
                 buf[..., :r] = self.ref[..., self.w - r:]
             elif abs(r) < self.w:                    # outside columns are zeroed later
@@ -168,32 +249,38 @@ class _Aligner:
         return (s[:, rows.stop, cols.stop] - s[:, rows.start, cols.stop]
                 - s[:, rows.stop, cols.start] + s[:, rows.start, cols.start])
 
-    def sq_norms(self, out: Tensor, fshift: tuple[int, int], images: slice) -> tuple[Tensor, Tensor]:
-        """``‖out − T'ref‖²`` and ``‖T'ref‖²`` per row over the overlap, for one shift."""
+    def sq_norms(self, out: Tensor, fshift: tuple[int, int], images: slice,
+                 bounds=None) -> tuple[Tensor, Tensor, int]:
+        """``‖out − T'ref‖²`` and ``‖T'ref‖²`` per row over the overlap, for one shift,
+        and the number of positions compared (the same for every row)."""
         ky, kx = fshift
         ref_x = self._ref_shifted_x(kx)[images]
         d2 = torch.zeros(len(out), dtype=torch.float64, device=out.device)
         r2 = torch.zeros_like(d2)
-        blocks = self.action.overlap_blocks((self.h, self.w), (ky, kx), self.margin)
+        positions = 0
+        blocks = overlap_blocks((self.h, self.w), (ky, kx), circular=self.circular,
+                                margin=self.margin, bounds=bounds)
         for (rows, cols), (src_rows, src_cols) in blocks:
-            if cols.start != 0 and self.action.circular:
+            if cols.start != 0 and self.circular:
                 continue                                   # W already wrapped in ref_x
             a = out[..., rows, :]
             diff = self._scratch[:a.numel()].view(a.shape)   # reused: no fresh pages
             torch.sub(a, ref_x[..., src_rows, :], out=diff)
-            if not self.action.circular:
+            if not self.circular:
                 diff[..., :cols.start] = 0
                 diff[..., cols.stop:] = 0
             d2 += torch.linalg.vector_norm(diff, dim=(1, 2, 3)).to(torch.float64).square()
-            r2 += self._ref_sq(src_rows, src_cols if not self.action.circular
-                               else slice(0, self.w), images)
-        return d2, r2
+            width = slice(0, self.w) if self.circular else cols
+            r2 += self._ref_sq(src_rows, src_cols if not self.circular else width, images)
+            positions += (rows.stop - rows.start) * (width.stop - width.start)
+        return d2, r2, positions
 
 
 def _compare(action: ShiftAction, item: _Compared, out: Tensor, ref: Tensor,
              aligner: _Aligner | None, shift: tuple[float, float],
-             images: slice) -> tuple[Tensor, Tensor]:
-    """Per-row ``‖φ(T_δ x) − T'_δ φ(x)‖²`` and ``‖T'_δ φ(x)‖²`` for rows sharing one shift.
+             images: slice) -> tuple[Tensor, Tensor, int]:
+    """Per-row ``‖φ(T_δ x) − T'_δ φ(x)‖²`` and ``‖T'_δ φ(x)‖²`` for rows sharing one shift,
+    and the number of positions compared per row (0: nothing to compare).
 
     Non-spatial layers are compared as they are. Spatial layers are compared on the
     overlap of the feature shift ``δ/s``; when ``s`` does not divide ``δ`` each row keeps
@@ -201,21 +288,30 @@ def _compare(action: ShiftAction, item: _Compared, out: Tensor, ref: Tensor,
     Fourier-shifted map).
     """
     if item.comparison == "invariance":                  # no spatial axes: compare as is
-        return masked_sq_norms(out.flatten(1), ref[images].flatten(1))
+        d2, r2 = masked_sq_norms(out.flatten(1), ref[images].flatten(1))
+        return d2, r2, out[0].numel()
+    bounds = item.bounds(shift)
+    if bounds == ():                                     # nothing is comparable
+        zero = torch.zeros(len(out), dtype=torch.float64, device=out.device)
+        return zero, zero, 0
     candidates, exact = action.feature_shifts(torch.tensor([shift], dtype=torch.float64),
                                               item.info.stride)
     if not action.integer and not bool(exact.all()):     # sub-pixel: Fourier-shift the map
         moved = action.on_features(ref[images], candidates[0].expand(len(out), 2))
-        return masked_sq_norms(out, moved)
+        d2, r2 = masked_sq_norms(out, moved)
+        return d2, r2, out[0, 0].numel()
     best = None
     for fshift in sorted({tuple(int(v) for v in c[0].tolist()) for c in candidates},
                          key=lambda c: (c[1], c[0])):
-        d2, r2 = aligner.sq_norms(out, fshift, images)
+        d2, r2, positions = aligner.sq_norms(out, fshift, images, bounds)
         if best is None:
-            best = (d2, r2)
-        else:                                            # keep the smaller relative error
+            best = (d2, r2, positions)
+        elif positions:                                  # keep the smaller relative error
             better = d2 * best[1] < best[0] * r2
-            best = (torch.where(better, d2, best[0]), torch.where(better, r2, best[1]))
+            if not best[2]:
+                better = torch.ones_like(better)
+            best = (torch.where(better, d2, best[0]), torch.where(better, r2, best[1]),
+                    max(positions, best[2]))
     return best
 
 
@@ -232,9 +328,10 @@ class _Engine:
 
     def __init__(self, model, action: ShiftAction, grid: ShiftSet, names: list[str], *,
                  pairs: int, pair_range, margin: int, batch_size: int, seed: int,
-                 sensitivity_layer: str):
+                 sensitivity_layer: str, crop_offsets: str = "zhang"):
         self.model, self.action, self.grid, self.names = model, action, grid, names
         self.pairs, self.pair_range, self.margin = pairs, pair_range, margin
+        self.crop_offsets = crop_offsets
         self.batch_size, self.seed, self.sensitivity_layer = batch_size, seed, sensitivity_layer
         self.shifts = grid.tensor()                       # (K, 2) float64
         self.zero = grid.zero_index
@@ -254,14 +351,20 @@ class _Engine:
             raise ShiftlabError(f"the model expects {channels}-channel images, the data has "
                                 f"{x.shape[1]}; convert the images or pick another model")
         size = tuple(x.shape[-2:])
+        if 2 * self.margin >= min(self.action.output_size(size)):
+            raise ShiftlabError(f"a margin of {self.margin} leaves no position of the "
+                                f"{'x'.join(map(str, self.action.output_size(size)))} input to "
+                                f"compare; use a margin below {min(self.action.output_size(size)) // 2}")
         self.action.check_shifts(size, self.shifts)
-        self.lo_hi = _pair_range(self.action, size, self.grid, self.pair_range)
+        self.pair_rule = _pair_range(self.action, size, self.grid, self.pair_range,
+                                     self.crop_offsets)
         if self.pairs:
-            lo, hi = self.lo_hi
+            lo, hi = self.pair_rule.low, self.pair_rule.high
+            last = [h - 1 if self.action.integer else h for h in hi]
             try:
-                self.action.check_shifts(size, torch.tensor([[lo, lo], [hi - 1, hi - 1]]))
+                self.action.check_shifts(size, torch.tensor([lo, last], dtype=torch.float64))
             except ShiftlabError as err:
-                raise ShiftlabError(f"pair range [{lo:g}, {hi:g}): {err}") from None
+                raise ShiftlabError(f"consistency pairs ({self.pair_rule.words}): {err}") from None
         reference = self.action.reference(x[:1])
         self.input_shape = list(reference.shape[1:])
         infos = infer_layers(self.model, reference, self.names)
@@ -276,11 +379,25 @@ class _Engine:
                 comparison = "invariance"
                 info = dataclasses.replace(info, stride=period)
             metric = None if comparison == "skipped" else EquivarianceError(len(self.grid))
-            self.compared.append(_Compared(info, comparison, metric))
+            rolls = comparison != "equivariance" or not self.action.circular or \
+                [n * info.stride for n in info.shape[1:]] == list(reference.shape[-2:])
+            self.compared.append(_Compared(info, comparison, metric, rolls))
+        resized = [i for i in self.compared if not i.rolls]
+        if resized:                     # where do a circular shift's wrapped pixels reach?
+            bands = {(axis, int(d)) for shift in self.shifts.tolist()
+                     for axis, d in enumerate(shift) if d == round(d) and d != 0}
+            names = list(dict.fromkeys(i.info.name.split("#")[0] for i in resized))
+            try:
+                reach = wrap_reach(self.model, reference, names, sorted(bands))
+            except ShiftlabError:       # the model refuses NaN: nothing can be traced
+                reach = {}
+            for item in resized:
+                item.reach = reach.get(item.info.name)
         if not any(i.info.name == self.sensitivity_layer for i in self.compared):
             raise ShiftlabError(f"sensitivity layer {self.sensitivity_layer!r} produced no "
                                 "tensor output")
         self.classifier = len(infos[-1].shape) == 1            # output: N x classes
+        self.classes = infos[-1].shape[0] if self.classifier else None
         if self.classifier:
             self.stability = GridStability(len(self.grid), self.grid.neighbours())
             self.consistency = Consistency()
@@ -304,8 +421,9 @@ class _Engine:
                 continue
             name = item.info.name
             out = feats[name]
-            d2, r2 = _compare(self.action, item, out, ref[name], self.aligners.get(name), shift, images)
-            item.metric.update(gidx, d2, r2)
+            d2, r2, positions = _compare(self.action, item, out, ref[name],
+                                         self.aligners.get(name), shift, images)
+            item.metric.update(gidx, d2, r2, positions)
             if name == self.sensitivity_layer:
                 if item.comparison != "invariance":             # the map compares unaligned
                     d2, r2 = masked_sq_norms(out.flatten(1), ref[name][images].flatten(1))
@@ -317,6 +435,11 @@ class _Engine:
         elif tuple(x.shape[1:]) != self.sample_shape:
             raise ShiftlabError(f"all images must have one shape; got {tuple(x.shape[1:])} "
                                 f"after {self.sample_shape}")
+        if y is not None and self.classifier and len(y) and \
+                (int(y.min()) < 0 or int(y.max()) >= self.classes):
+            raise ShiftlabError(f"labels must be class indices in [0, {self.classes - 1}] for this "
+                                f"model's {self.classes} outputs, got values in "
+                                f"[{int(y.min())}, {int(y.max())}]; check the data's labels")
         n, k_grid = len(x), len(self.grid)
         # rows: the non-zero grid shifts (shift-major, column by column), then the pairs
         order = sorted((k for k in range(k_grid) if k != self.zero),
@@ -326,7 +449,8 @@ class _Engine:
         row_grid = order.repeat_interleave(n)
         n_grid_rows = len(row_shift)
         if self.pairs and self.classifier:
-            ps = pair_shifts(self.seed, self.n_images, n, self.pairs, *self.lo_hi,
+            ps = pair_shifts(self.seed, self.n_images, n, self.pairs,
+                             np.array(self.pair_rule.low), np.array(self.pair_rule.high),
                              integer=self.action.integer)
             row_shift = torch.cat([row_shift, ps.reshape(-1, 2)])
             row_grid = torch.cat([row_grid, torch.full((2 * self.pairs * n,), -1)])
@@ -339,7 +463,8 @@ class _Engine:
         with torch.inference_mode():
             ref = self.probe(self.action.reference(x))
             self.forwards += n
-            self.aligners = {i.info.name: _Aligner(self.action, ref[i.info.name], self.margin)
+            self.aligners = {i.info.name: _Aligner(ref[i.info.name], self.action.circular and i.rolls,
+                                                   self.margin)
                              for i in self.compared if i.comparison == "equivariance"}
             if self.classifier:
                 grid_logits = ref[OUTPUT].new_zeros(k_grid, n, ref[OUTPUT].shape[-1])
@@ -384,6 +509,7 @@ class _Engine:
     def layer_results(self) -> list[LayerResult]:
         out = []
         nonzero = (self.shifts != 0).any(dim=1)
+        size = "x".join(map(str, self.input_shape[-2:]))
         for item in self.compared:
             info, k = item.info, len(self.grid)
             if item.metric is None:
@@ -398,11 +524,26 @@ class _Engine:
                 alignment = ["exact" if e else other for e in exact.tolist()]
             m = item.metric
             computed = m.compute()
+            compared = m.positions > 0
+            comparison, note = item.comparison, None
+            if not item.rolls:
+                note = (f"a circular shift of the {size} input is not a roll of this "
+                        f"{'x'.join(map(str, info.shape[1:]))} map (the layer changes the map "
+                        "size): compared only where its receptive field did not wrap")
+            if comparison == "equivariance" and bool(nonzero.any()) and not bool((compared & nonzero).any()):
+                comparison = "not comparable"
+                note = ("not comparable: the model fails on NaN inputs, so which positions "
+                        "the wrapped pixels reach cannot be traced" if not item.rolls and item.reach is None else
+                        "not comparable: every position's receptive field wraps around under "
+                        "these circular shifts" if not item.rolls else
+                        "not comparable: no feature position is defined in both maps at any "
+                        "non-zero shift (the maps are too small for the shifts or the margin)")
             out.append(LayerResult(
-                info.name, info.kind, list(info.shape), info.stride, item.comparison, alignment,
+                info.name, info.kind, list(info.shape), info.stride, comparison, alignment,
                 computed["error"], computed["max_error"],
-                EquivarianceError.pooled(m.diff_sq, m.ref_sq, exact & nonzero),
-                EquivarianceError.pooled(m.diff_sq, m.ref_sq, ~exact & nonzero)))
+                EquivarianceError.pooled(m.diff_sq, m.ref_sq, exact & nonzero & compared),
+                EquivarianceError.pooled(m.diff_sq, m.ref_sq, ~exact & nonzero & compared),
+                note))
         return out
 
     def invariance(self) -> InvarianceResult:
@@ -425,10 +566,34 @@ class _Engine:
         return inv
 
 
+#: Most random pairs per image (each pair costs two forward passes per image).
+MAX_PAIRS = 10_000
+MAX_BATCH = 1 << 20
+
+
+def _check_options(*, batch_size: int, pairs: int, pair_range, margin: int, fill: float,
+                   seed: int) -> None:
+    """One-line errors for audit options that cannot work, before any model runs."""
+    import math
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ShiftlabError(f"batch size must be in [1, {MAX_BATCH}], got {batch_size}")
+    if not 0 <= pairs <= MAX_PAIRS:
+        raise ShiftlabError(f"pairs per image must be in [0, {MAX_PAIRS}], got {pairs}")
+    if pair_range is not None and not (math.isfinite(pair_range) and pair_range > 0):
+        raise ShiftlabError(f"pair range must be a positive number of pixels, got {pair_range}")
+    if margin < 0:
+        raise ShiftlabError(f"margin must be 0 or more, got {margin}")
+    if not math.isfinite(fill):
+        raise ShiftlabError(f"the canvas fill must be a finite number, got {fill}")
+    if not 0 <= seed < 2 ** 63:
+        raise ShiftlabError(f"seed must be in [0, 2**63), got {seed}")
+
+
 def audit(model: nn.Module, data, *, protocol: str = "circular",
           shifts: "str | ShiftSet | Iterable | None" = None, layers=None, pairs: int = 5,
           pair_range: float | None = None, margin: int = 0, fill: float = 0.0,
-          crop: tuple[int, int] | None = None, batch_size: int = 256, seed: int = 0,
+          crop: tuple[int, int] | None = None, crop_offsets: str = "zhang",
+          batch_size: int = 256, seed: int = 0,
           sensitivity_layer: str = OUTPUT, name: str | None = None,
           progress: bool = False) -> AuditResult:
     """Measure how ``model`` responds to shifts of ``data``.
@@ -442,8 +607,10 @@ def audit(model: nn.Module, data, *, protocol: str = "circular",
         layers: names of the layers to probe (default: convs, pools, activations, blocks).
         pairs: random shift pairs per image for consistency (0 skips them).
         pair_range: consistency shifts in ``[-R, R)`` (default circular/fractional:
-            ``min(32, H/2)``; canvas: ``[-R, R]`` with R the grid's largest shift;
-            crop: every window offset, Zhang's protocol).
+            ``min(32, H/2)``; canvas: ``[-R, R]`` with R the grid's largest shift).
+        crop_offsets: crop protocol's consistency windows: ``"zhang"`` draws offsets in
+            ``[0, D)`` per axis (Zhang 2019's evaluation, ``randint(D)``), ``"inclusive"``
+            in ``[0, D]``. The result records the rule in ``provenance.pair_offsets``.
         margin: feature positions this close to a border are ignored (canvas, crop).
         fill: the canvas background. crop: the window ``(h, w)`` of the crop protocol.
         batch_size: the most rows (shifted images) in one forward pass; bounds memory.
@@ -454,12 +621,8 @@ def audit(model: nn.Module, data, *, protocol: str = "circular",
         An :class:`~shiftlab.result.AuditResult`; ``result.table()`` prints it,
         ``result.to_json(path)`` saves it.
     """
-    if batch_size < 1:
-        raise ShiftlabError(f"batch_size must be at least 1, got {batch_size}")
-    if pairs < 0:
-        raise ShiftlabError(f"pairs must be 0 or more, got {pairs}")
-    if margin < 0:
-        raise ShiftlabError(f"margin must be 0 or more, got {margin}")
+    _check_options(batch_size=batch_size, pairs=pairs, pair_range=pair_range, margin=margin,
+                   fill=fill, seed=seed)
     from tqdm.auto import tqdm
 
     action = make_action(protocol, fill=fill, crop=crop)
@@ -472,7 +635,7 @@ def audit(model: nn.Module, data, *, protocol: str = "circular",
     dtype = param.dtype if param is not None else torch.float32
     engine = _Engine(model, action, grid, names, pairs=pairs, pair_range=pair_range,
                      margin=margin, batch_size=batch_size, seed=seed,
-                     sensitivity_layer=sensitivity_layer)
+                     sensitivity_layer=sensitivity_layer, crop_offsets=crop_offsets)
     total = len(data) if isinstance(data, Tensor) else \
         len(data[0]) if isinstance(data, tuple) and isinstance(data[0], Tensor) else None
     was_training = model.training
@@ -495,7 +658,8 @@ def audit(model: nn.Module, data, *, protocol: str = "circular",
         margin=margin, fill=fill if protocol == "canvas" else None,
         crop=list(crop) if protocol == "crop" else None,
         pairs_per_image=pairs if engine.consistency is not None else 0,
-        pair_range=list(engine.lo_hi) if engine.consistency is not None and pairs else None,
+        pair_range=engine.pair_rule.as_list() if engine.consistency is not None and pairs else None,
+        pair_offsets=engine.pair_rule.words if engine.consistency is not None and pairs else None,
         batch_size=batch_size,
         versions={"shiftlab": _version(), "torch": torch.__version__,
                   "python": platform.python_version()})

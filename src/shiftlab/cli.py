@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=int, default=0, help="ignore feature positions this close to a border")
     p.add_argument("--fill", type=float, default=0.0, help="canvas background value")
     p.add_argument("--crop", type=_size, help="crop window HxW for --protocol crop")
+    p.add_argument("--crop-offsets", choices=["zhang", "inclusive"], default="zhang",
+                   help="crop consistency windows: offsets in [0, D) as Zhang 2019 "
+                        "(default) or [0, D]")
     p.add_argument("--sensitivity-layer", default="output", help="layer for the sensitivity map")
     p.add_argument("--limit", type=int, help="audit only the first N images")
     p.add_argument("--batch-size", type=int, default=256, help="most images in one forward pass")
@@ -184,7 +187,8 @@ def cmd_audit(args) -> None:
     model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
     result = audit(model, (x, y), protocol=args.protocol, shifts=args.shifts, layers=args.layers,
                    pairs=args.pairs, pair_range=args.pair_range, margin=args.margin, fill=args.fill,
-                   crop=args.crop, batch_size=args.batch_size, seed=args.seed,
+                   crop=args.crop, crop_offsets=args.crop_offsets,
+                   batch_size=args.batch_size, seed=args.seed,
                    sensitivity_layer=args.sensitivity_layer, name=args.model,
                    progress=not args.quiet and sys.stderr.isatty())
     print(result.table())

@@ -9,8 +9,9 @@ Notation: ``f`` = softmax output, ``ŷ = argmax f``, ``T_δ`` a shift, ``φ_l`` 
 * :class:`Consistency` — ``P[ŷ(T_δ1 x) = ŷ(T_δ2 x)]`` over random pairs (Zhang 2019).
 * :class:`GridStability` — over a shift grid: accuracy and true-class probability per shift,
   worst-case accuracy (correct at every shift; Michaeli et al. 2023), flip rate
-  ``P[ŷ(x_j) ≠ ŷ(x_{j−1})]`` and the mean absolute change of the top-1 probability
-  ``|max f(x_j) − max f(x_{j−1})|`` over consecutive grid steps (Azulay & Weiss 2019).
+  ``P[ŷ(x_j) ≠ ŷ(x_{j−1})]`` and the mean absolute change (MAC)
+  ``|f_c(x_j) − f_c(x_{j−1})|`` of the probability of the earlier step's top-1 class
+  ``c = ŷ(x_{j−1})`` over consecutive grid steps (Azulay & Weiss 2019).
 * :class:`SensitivityMap` — mean normalised distance ``‖r(T_δ x) − r(x)‖ / ‖r(x)‖`` per shift
   and its radial average over ``|δ|`` (Kauderer-Abrams 2017).
 
@@ -102,18 +103,27 @@ class EquivarianceError(StreamingMetric):
         self.add_state("ref_sq", torch.zeros(num_shifts, dtype=_F64), "sum")
         self.add_state("count", torch.zeros(num_shifts, dtype=torch.int64), "sum")
         self.add_state("max_rel", torch.zeros(num_shifts, dtype=_F64), "max")
+        self.add_state("positions", torch.zeros(num_shifts, dtype=torch.int64), "sum")
 
-    def update(self, shift_index: Tensor, diff_sq: Tensor, ref_sq: Tensor) -> None:
+    def update(self, shift_index: Tensor, diff_sq: Tensor, ref_sq: Tensor,
+               positions: "int | Tensor" = 1) -> None:
+        """Fold in per-sample squared norms; ``positions``: feature positions compared per
+        sample (0 where the shift left nothing to compare: that sample is not counted)."""
         idx = shift_index.to(torch.int64).cpu()
         d, r = diff_sq.to(_F64).cpu(), ref_sq.to(_F64).cpu()
+        pos = torch.as_tensor(positions, dtype=torch.int64).expand(idx.shape)
         self.diff_sq.index_add_(0, idx, d)
         self.ref_sq.index_add_(0, idx, r)
         self.count.index_add_(0, idx, torch.ones_like(idx))
+        self.positions.index_add_(0, idx, pos)
         self.max_rel.scatter_reduce_(0, idx, _relative(d, r), reduce="amax")
 
-    def compute(self) -> dict[str, list[float]]:
-        return {"error": _relative(self.diff_sq, self.ref_sq).tolist(),
-                "max_error": self.max_rel.tolist(),
+    def compute(self) -> dict[str, list]:
+        """Per shift: ``error``, ``max_error`` (None where nothing was compared), ``count``."""
+        defined = (self.positions > 0).tolist()
+        error, max_error = _relative(self.diff_sq, self.ref_sq).tolist(), self.max_rel.tolist()
+        return {"error": [e if ok else None for e, ok in zip(error, defined)],
+                "max_error": [e if ok else None for e, ok in zip(max_error, defined)],
                 "count": self.count.tolist()}
 
     @staticmethod
@@ -149,11 +159,26 @@ class Consistency(StreamingMetric):
 
 
 def _step_changes(probs: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
-    """For ``probs (K, N, C)`` and grid steps ``pairs (E, 2)``: top-1 flips and
-    ``|Δ max f|`` per step and sample, each ``(E, N)``."""
-    conf, pred = probs.max(dim=-1)
+    """For ``probs (K, N, C)`` and grid steps ``pairs (E, 2)`` (earlier, later): top-1
+    flips and the absolute change of the earlier step's top-1 class probability,
+    ``|p_c(x_j) − p_c(x_{j−1})|`` with ``c = ŷ(x_{j−1})``, per step and sample, each ``(E, N)``.
+
+    This is Azulay & Weiss (2019, JMLR, "Why do deep convolutional networks generalize so
+    poorly to small image transformations?", and their released code): the probability of
+    the class the network chose *before* the step, compared across the step; not the
+    difference of the two top probabilities.
+
+    >>> p = torch.tensor([[[0.6, 0.4]], [[0.3, 0.7]]], dtype=torch.float64)
+    >>> flips, change = _step_changes(p, torch.tensor([[0, 1]]))
+    >>> flips.tolist(), round(change.item(), 6)
+    ([[True]], 0.3)
+    """
+    pred = probs.argmax(dim=-1)                                        # (K, N)
     a, b = pairs[:, 0], pairs[:, 1]
-    return (pred[a] != pred[b]), (conf[a] - conf[b]).abs()
+    chosen = pred[a][..., None]                                        # c = ŷ(x_{j−1}): (E, N, 1)
+    before = probs[a].gather(-1, chosen)[..., 0]
+    after = probs[b].gather(-1, chosen)[..., 0]
+    return (pred[a] != pred[b]), (after - before).abs()
 
 
 def flip_rate(probs: Tensor, pairs: Tensor) -> float:
@@ -164,7 +189,18 @@ def flip_rate(probs: Tensor, pairs: Tensor) -> float:
 
 class GridStability(StreamingMetric):
     """Classification over a shift grid: per-shift accuracy and true-class probability,
-    worst-case accuracy, flip rate and mean absolute change (MAC) over grid steps."""
+    worst-case accuracy, flip rate and mean absolute change (MAC) over grid steps.
+
+    Each grid step goes from an earlier shift ``j−1`` to the next ``j`` (along x, then
+    along y). MAC (Azulay & Weiss 2019, their released code) is the mean over steps and
+    images of ``|f_c(x_j) − f_c(x_{j−1})|`` with ``c = ŷ(x_{j−1})``, the class chosen at
+    the earlier step.
+
+    >>> m = GridStability(2, torch.tensor([[0, 1]]))
+    >>> m.update(torch.tensor([[[0.6, 0.4]], [[0.3, 0.7]]]))
+    >>> s = m.compute(); s["flip_rate"], round(s["mean_abs_change"], 6)
+    (1.0, 0.3)
+    """
 
     higher_is_better = True
 

@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .errors import ShiftlabError, run_model
+from .errors import ShiftlabError, one_line, run_model
 
 #: Width added to the example input to measure strides; divisible by 1, 2, 3, 4, 6, 8, …, 32, 48, 96.
 STRIDE_PROBE_PAD = 96
@@ -183,3 +183,45 @@ def infer_layers(model: nn.Module, example: Tensor,
                 source = "unknown"
         infos.append(LayerInfo(name, kind, shape, stride, source, name in overwritten))
     return infos
+
+
+def wrap_reach(model: nn.Module, example: Tensor, layers: Iterable[str],
+               shifts: "Iterable[tuple[int, int]]", chunk: int = 32) -> dict[str, dict[tuple[int, int], Tensor]]:
+    """Which feature positions a circular shift's wrapped pixels reach, measured.
+
+    A circular shift by ``d > 0`` along an axis wraps the input's last ``d`` rows (or
+    columns) into its first ``d``; ``d < 0`` wraps the first ``|d|`` into the last. For
+    every ``(axis, d)`` in ``shifts`` (axis 0 = rows, 1 = columns) this fills exactly that
+    wrapped band of ``example`` with NaN and runs the model: NaN spreads through every
+    convolution, pooling and activation that reads it, so a feature position is NaN iff its
+    receptive field covers a wrapped pixel (whatever the weights and values).
+
+    Returns ``{layer: {(axis, d): (size along axis,) bool}}``, true where reached, for
+    the 4-D outputs of ``layers`` and of the model (``"output"``). Raises :class:`ShiftlabError` if the model cannot run
+    on NaN inputs.
+    """
+    keys = list(dict.fromkeys((int(a), int(d)) for a, d in shifts if int(d) != 0))
+    example = example[:1]
+    size = example.shape[-2:]
+    reach: dict[str, dict[tuple[int, int], Tensor]] = {}
+    with Probe(model, layers) as probe, torch.no_grad():
+        for lo in range(0, len(keys), chunk):
+            part = keys[lo:lo + chunk]
+            x = example.repeat(len(part), *([1] * (example.ndim - 1)))
+            for row, (axis, d) in enumerate(part):
+                band = slice(0, d) if d > 0 else slice(size[axis] + d, size[axis])
+                index = (row, slice(None), band) if axis == 0 else (row, slice(None), slice(None), band)
+                x[index] = float("nan")
+            try:
+                outs = probe(x)
+            except Exception as err:
+                raise ShiftlabError(f"cannot trace receptive fields (the model fails on NaN "
+                                    f"inputs: {one_line(err)})") from None
+            for name, out in outs.items():
+                if out.ndim != 4:
+                    continue
+                nan = torch.isnan(out).any(dim=1)                  # (n, h, w)
+                for row, (axis, d) in enumerate(part):
+                    along = nan[row].any(dim=1 - axis)             # reached rows / columns
+                    reach.setdefault(name, {})[(axis, d)] = along.cpu()
+    return reach

@@ -5,6 +5,7 @@ The same file feeds the CLI's table, a notebook and the report; renderers only r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,10 @@ class AuditResult:
         return {"schema": SCHEMA, **asdict(self)}
 
     def to_json(self, path: str | Path) -> Path:
-        """Write the result as JSON, atomically (temp file + rename)."""
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write the result as JSON, atomically (temp file + rename). Non-finite numbers
+        (undefined values) are written as ``null``: the file is strict JSON."""
+        text = json.dumps(_finite(self.to_dict()), indent=1, allow_nan=False)
+        return write_text_atomic(path, text + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AuditResult":
@@ -157,9 +160,10 @@ class AuditResult:
         rows = [("layer", "type", "stride", "shape", "err exact", "err other", "verdict")]
         for item in self.layers:
             spatial = item.comparison == "equivariance"
+            marked = item.note is not None and item.comparison != "not comparable"
             rows.append((item.name, item.kind, str(item.stride) if spatial else "-",
                          "x".join(map(str, item.shape)), _fmt(item.error_exact),
-                         _fmt(item.error_other), item.verdict(p.tolerance)))
+                         _fmt(item.error_other), item.verdict(p.tolerance) + " *" * marked))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head, ""]
         for k, r in enumerate(rows):
@@ -169,10 +173,18 @@ class AuditResult:
         lines += ["", "relative L2 error. err exact: shifts the layer's stride divides (for "
                       "non-spatial layers: the model's stride so far); err other: the rest, "
                       "against the best integer alignment"]
+        marked = [l.name for l in self.layers if l.note and l.comparison != "not comparable"]
+        if marked:
+            lines.append(f"* {_names(marked)}: these layers change the map size, so a circular "
+                         "shift is not a roll of their maps; compared only at positions whose "
+                         "receptive field did not wrap")
+        for item in self.layers:
+            if item.comparison == "not comparable":
+                lines.append(f"{item.name}: {item.note}")
         out = []
         if inv.consistency is not None:
-            lo, hi = p.pair_range or (None, None)
-            out.append(f"consistency {inv.consistency:.2%} ({inv.pairs} pairs, shifts in [{lo:g}, {hi:g}))")
+            rule = p.pair_offsets or f"shifts in [{p.pair_range[0]:g}, {p.pair_range[1]:g})"
+            out.append(f"consistency {inv.consistency:.2%} ({inv.pairs} pairs; {rule})")
         if inv.flip_rate is not None:
             out.append(f"flip rate {inv.flip_rate:.2%}, MAC {inv.mean_abs_change:.4f} "
                        f"({inv.steps} steps of {inv.step_size:g} px)")
@@ -183,6 +195,24 @@ class AuditResult:
         if out:
             lines += [""] + out
         return "\n".join(lines)
+
+
+def _names(names: list[str], most: int = 4) -> str:
+    """``a, b, c … z (N layers)`` for long lists."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most - 1])} … {names[-1]} ({len(names)} layers)"
+
+
+def _finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON ``null``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _fmt(value: float | None) -> str:

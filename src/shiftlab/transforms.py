@@ -36,7 +36,7 @@ ShiftLike = Union[Sequence[float], Tensor]
 __all__ = [
     "ShiftAction", "CircularShift", "CanvasShift", "CropShift", "FractionalShift",
     "circular_shift", "canvas_shift", "crop_shift", "fractional_shift", "rot90", "flip",
-    "Rot90", "Flip", "make_action", "PROTOCOLS",
+    "Rot90", "Flip", "make_action", "PROTOCOLS", "overlap_blocks",
 ]
 
 
@@ -243,25 +243,40 @@ class ShiftAction:
 
 
     def overlap_blocks(self, size: tuple[int, int], fshift: tuple[int, int], margin: int = 0):
-        """Rectangles where ``φ(T_δ x)`` must equal ``φ(x)`` for the integer feature shift.
-
-        Returns ``[((rows, cols), (src_rows, src_cols)), ...]`` slice pairs with
-        ``out[..., rows, cols] == ref[..., src_rows, src_cols]`` for an exactly
-        equivariant map. Together they cover :meth:`valid_mask` (one rectangle, or up to
-        four wrapped pieces for circular protocols), so comparisons need no copy or mask.
-        """
-        per_axis = [_axis_blocks(n, int(k), self.circular, margin) for n, k in zip(size, fshift)]
-        return [((ry, rx), (sy, sx)) for ry, sy in per_axis[0] for rx, sx in per_axis[1]]
+        """Rectangles where ``φ(T_δ x)`` must equal ``φ(x)`` for the integer feature shift
+        (see :func:`overlap_blocks`, with this protocol's wrap-around)."""
+        return overlap_blocks(size, fshift, circular=self.circular, margin=margin)
 
 
-def _axis_blocks(n: int, k: int, circular: bool, margin: int) -> list[tuple[slice, slice]]:
+def overlap_blocks(size: tuple[int, int], fshift: tuple[int, int], *, circular: bool,
+                   margin: int = 0, bounds=None):
+    """Rectangles where ``φ(T_δ x)`` must equal ``φ(x)`` for the integer feature shift.
+
+    Returns ``[((rows, cols), (src_rows, src_cols)), ...]`` slice pairs with
+    ``out[..., rows, cols] == ref[..., src_rows, src_cols]`` for an exactly equivariant
+    map: one rectangle, or up to four wrapped pieces when ``circular``. Together they cover
+    :meth:`ShiftAction.valid_mask`, so comparisons need no copy or mask. ``bounds``
+    ``((lo_y, hi_y), (lo_x, hi_x))`` further limits the output positions compared (not
+    with ``circular``).
+
+    >>> overlap_blocks((5, 5), (1, 0), circular=False, bounds=((2, 5), (0, 5)))
+    [((slice(2, 5, None), slice(0, 5, None)), (slice(1, 4, None), slice(0, 5, None)))]
+    """
+    bounds = bounds or ((0, size[0]), (0, size[1]))
+    per_axis = [_axis_blocks(n, int(k), circular, margin, b) for n, k, b in zip(size, fshift, bounds)]
+    return [((ry, rx), (sy, sx)) for ry, sy in per_axis[0] for rx, sx in per_axis[1]]
+
+
+def _axis_blocks(n: int, k: int, circular: bool, margin: int,
+                 bound: tuple[int, int] = (0, 1 << 62)) -> list[tuple[slice, slice]]:
     """1-D pieces ``(out, src)`` with ``out = src + k`` (mod n when circular)."""
     if circular:
         r = k % n
         if r == 0:
             return [(slice(0, n), slice(0, n))]
         return [(slice(r, n), slice(0, n - r)), (slice(0, r), slice(n - r, n))]
-    lo, hi = max(0, k) + margin, min(n, n + k) - margin
+    lo = max(max(0, k) + margin, bound[0])
+    hi = min(min(n, n + k) - margin, bound[1])
     return [(slice(lo, hi), slice(lo - k, hi - k))] if hi > lo else []
 
 

@@ -113,7 +113,8 @@ class BlurPool(nn.Module):
 
     Args:
         channels: expected input channels (checked), or ``None`` for any.
-        filter_size: 1..7 (1 = plain subsampling, 3 = ``[1, 2, 1]``, Zhang's default).
+        filter_size: 1..7 (1 = plain subsampling, 3 = ``[1, 2, 1]``, shiftlab's default;
+            Zhang's antialiased-cnns defaults to 4 = ``[1, 3, 3, 1]``, ``filt_size=4``).
         stride: any positive integer. padding: ``reflect`` | ``replicate`` | ``zeros`` | ``circular``.
     """
 
