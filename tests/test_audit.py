@@ -218,7 +218,8 @@ def test_model_mode_is_restored():
     (torch.full((2, 1, 8, 8), float("nan")), "NaN"),
     (torch.zeros(0, 1, 8, 8), "empty"),
     (torch.zeros(2, 3, 8, 8), "3"),
-    (torch.zeros(2, 8, 8), "N x C x H x W"),
+    (torch.zeros(2, 8, 8), "starts with a Conv2d .* the data are 1-D signals"),
+    (torch.zeros(2, 1, 1, 8, 8), "N x C x T signals or N x C x H x W"),
     ((torch.zeros(3, 1, 8, 8), torch.zeros(2)), "labels"),
     (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "floating point"),
 ])

@@ -137,10 +137,19 @@ def test_feature_shifts_exact_only_at_multiples_of_the_stride():
     assert tuple(cands[0][0].tolist()) == (1, -2)
 
 
-@pytest.mark.parametrize("bad", [torch.randn(3, 8, 8), "image", torch.randn(1, 1, 1, 4, 4)])
-def test_non_nchw_input_is_a_clear_error(bad):
-    with pytest.raises(ShiftlabError, match="NCHW"):
+@pytest.mark.parametrize("bad", ["image", torch.randn(8), torch.randn(1, 1, 1, 4, 4)])
+def test_inputs_of_no_known_rank_are_a_clear_error(bad):
+    with pytest.raises(ShiftlabError, match="N x C x T signal batch .* or an N x C x H x W"):
         circular_shift(bad, (1, 1))
+
+
+@pytest.mark.parametrize("x,shift,match", [
+    (torch.randn(3, 1, 8), (1, 1), "one \\(dt,\\) shift .* for 1-D data"),
+    (torch.randn(3, 1, 8, 8), (1,), "one \\(dy, dx\\) shift .* for 2-D data"),
+])
+def test_a_shift_of_the_wrong_rank_is_a_clear_error(x, shift, match):
+    with pytest.raises(ShiftlabError, match=match):
+        circular_shift(x, shift)
 
 
 def test_impossible_shifts_are_rejected():

@@ -24,6 +24,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from .actions import spatial_rank
 from .errors import ShiftlabError, one_line, run_model
 
 #: Width added to the example input to measure strides; divisible by 1, 2, 3, 4, 6, 8, …, 32, 48, 96.
@@ -31,7 +32,8 @@ STRIDE_PROBE_PAD = 96
 OUTPUT = "output"
 
 _PROBED_TYPES = (
-    nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear,
+    nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear,
+    nn.MaxPool1d, nn.AvgPool1d, nn.LPPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d,
     nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
     nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Tanh, nn.Sigmoid, nn.Softplus,
@@ -132,7 +134,8 @@ class LayerInfo:
 
     @property
     def spatial(self) -> bool:
-        return len(self.shape) == 3 and self.stride_source != "none"
+        """Does the map keep the input's spatial axes (with a known stride)?"""
+        return self.stride is not None and self.stride_source in ("measured", "ratio")
 
 
 def _forward_lenient(probe: Probe, x: Tensor) -> dict[str, Tensor]:
@@ -150,6 +153,7 @@ def infer_layers(model: nn.Module, example: Tensor,
     Raises :class:`ShiftlabError` if the model cannot run on ``example``.
     """
     example = example[:1]
+    rank = spatial_rank(example)
     modules = dict(model.named_modules())
     # no_grad, not inference_mode: version counters reveal outputs modified in place
     with Probe(model, layers) as probe, torch.no_grad():
@@ -159,26 +163,28 @@ def infer_layers(model: nn.Module, example: Tensor,
         if overwritten:                                     # record true copies of those
             probe.clone = overwritten
             base = probe(example)
-        big = _forward_lenient(probe, nn.functional.pad(example, (0, STRIDE_PROBE_PAD, 0, STRIDE_PROBE_PAD)))
-    h_in = example.shape[-2]
+        big = _forward_lenient(probe, nn.functional.pad(example, (0, STRIDE_PROBE_PAD) * rank))
+    size_in = example.shape[2:]
     infos = []
     for name, out in base.items():
         kind = type(model).__name__ if name == OUTPUT else type(modules[name.split("#")[0]]).__name__
         shape = tuple(out.shape[1:])
         stride, source = None, "none"
-        if out.ndim == 4:
+        if out.ndim == example.ndim:
             grown = big.get(name)
-            if grown is not None and grown.ndim == 4:
-                dh = grown.shape[-2] - out.shape[-2]
-                dw = grown.shape[-1] - out.shape[-1]
-                if dh > 0 and dh == dw and STRIDE_PROBE_PAD % dh == 0:
-                    stride, source = STRIDE_PROBE_PAD // dh, "measured"
-                elif dh == 0 and dw == 0:
+            if grown is not None and grown.ndim == out.ndim:
+                growth = {g - o for g, o in zip(grown.shape[2:], out.shape[2:])}
+                d = growth.pop() if len(growth) == 1 else -1
+                if d > 0 and STRIDE_PROBE_PAD % d == 0:
+                    stride, source = STRIDE_PROBE_PAD // d, "measured"
+                elif d == 0:
                     stride, source = None, "none"       # global pooling: not spatial
                 else:
                     source = "unknown"
-            elif h_in % out.shape[-2] == 0:
-                stride, source = h_in // out.shape[-2], "ratio"
+            elif size_in[0] % out.shape[2] == 0 and \
+                    len({i // o for i, o in zip(size_in, out.shape[2:])}) == 1 and \
+                    all(i % o == 0 for i, o in zip(size_in, out.shape[2:])):
+                stride, source = size_in[0] // out.shape[2], "ratio"
             else:
                 source = "unknown"
         infos.append(LayerInfo(name, kind, shape, stride, source, name in overwritten))
@@ -202,7 +208,8 @@ def wrap_reach(model: nn.Module, example: Tensor, layers: Iterable[str],
     """
     keys = list(dict.fromkeys((int(a), int(d)) for a, d in shifts if int(d) != 0))
     example = example[:1]
-    size = example.shape[-2:]
+    rank = spatial_rank(example)
+    size = example.shape[2:]
     reach: dict[str, dict[tuple[int, int], Tensor]] = {}
     with Probe(model, layers) as probe, torch.no_grad():
         for lo in range(0, len(keys), chunk):
@@ -210,18 +217,18 @@ def wrap_reach(model: nn.Module, example: Tensor, layers: Iterable[str],
             x = example.repeat(len(part), *([1] * (example.ndim - 1)))
             for row, (axis, d) in enumerate(part):
                 band = slice(0, d) if d > 0 else slice(size[axis] + d, size[axis])
-                index = (row, slice(None), band) if axis == 0 else (row, slice(None), slice(None), band)
-                x[index] = float("nan")
+                x[(row, slice(None)) + (slice(None),) * axis + (band,)] = float("nan")
             try:
                 outs = probe(x)
             except Exception as err:
                 raise ShiftlabError(f"cannot trace receptive fields (the model fails on NaN "
                                     f"inputs: {one_line(err)})") from None
             for name, out in outs.items():
-                if out.ndim != 4:
+                if out.ndim != example.ndim:
                     continue
-                nan = torch.isnan(out).any(dim=1)                  # (n, h, w)
+                nan = torch.isnan(out).any(dim=1)                  # (n, *spatial)
                 for row, (axis, d) in enumerate(part):
-                    along = nan[row].any(dim=1 - axis)             # reached rows / columns
+                    others = tuple(a for a in range(rank) if a != axis)
+                    along = nan[row].any(dim=others) if others else nan[row]
                     reach.setdefault(name, {})[(axis, d)] = along.cpu()
     return reach

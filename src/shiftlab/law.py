@@ -1,0 +1,227 @@
+"""The one law: compare ``f(T_δ x)`` with ``T'_δ f(x)`` on the region both maps define.
+
+For a layer ``φ`` of cumulative stride ``s`` and a shift protocol ``T`` (:mod:`shiftlab.actions`):
+
+.. math::
+
+    φ(T_δ x) = T'_{δ/s}\\, φ(x) \\quad \\text{(a spatial map: equivariance)}, \\qquad
+    φ(T_δ x) = φ(x) \\quad \\text{(no spatial axes: invariance)}.
+
+When ``s`` divides ``δ`` the feature shift ``δ/s`` is exact; otherwise every floor/ceil
+alignment is a candidate and each sample keeps the best ("nearest"), or, for the
+fractional protocol, the map is Fourier-shifted by ``δ/s``. Only positions defined in
+both maps count: for non-circular protocols the overlap (minus a margin); for a circular
+protocol on a map it does not roll (a layer that changed the map size, such as a valid
+convolution's 24×24 map of a 28×28 input), the positions whose receptive field did not
+wrap, as :func:`shiftlab.probe.wrap_reach` measures them; where nothing is left the layer
+is *not comparable* at that shift.
+
+Everything here returns data: the audit engine folds it into streaming metrics,
+:mod:`shiftlab.testing` turns it into assertions, experiments and figures read it.
+
+>>> import torch
+>>> from shiftlab.actions import CircularShift
+>>> act, x = CircularShift(), torch.rand(2, 3, 8, 8)
+>>> conv = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+>>> geo = LayerGeometry.same_size(act, stride=1, size=(8, 8))
+>>> c = compare(act, geo, conv(act(x, (2, -1))), conv(x), (2, -1))
+>>> c.alignment, c.positions, float(relative_error(c)) < 1e-6
+('exact', 64, True)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .actions import ShiftAction, overlap_blocks
+
+__all__ = ["LayerGeometry", "Alignment", "Comparison", "alignments", "expected", "compare",
+           "relative_error", "block_norms"]
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """How a protocol acts on one layer's output.
+
+    ``stride`` None: the output has no spatial axes (compared for invariance).
+    ``rolls``: the protocol acts on this map as on the input. For a circular protocol that
+    holds when the map's size times its stride is the input's size; otherwise the map is
+    compared without wrap-around, only where ``reach`` (``{(axis, d): reached positions}``,
+    from :func:`~shiftlab.probe.wrap_reach`; None when it could not be traced) says no
+    wrapped input pixel arrives. ``margin``: positions this close to a border are ignored
+    (non-circular protocols).
+    """
+
+    stride: int | None
+    size: tuple[int, ...] = ()
+    circular: bool = True
+    rolls: bool = True
+    reach: dict | None = None
+    margin: int = 0
+
+    @classmethod
+    def of(cls, action: ShiftAction, stride: int | None, size: Sequence[int],
+           input_size: Sequence[int], margin: int = 0) -> "LayerGeometry":
+        """The geometry of a map of ``size`` and ``stride`` under ``action`` on inputs of
+        ``input_size`` (``reach`` still to be measured when :attr:`needs_reach`)."""
+        rolls = stride is None or not action.circular or \
+            [n * stride for n in size] == list(action.output_size(input_size))
+        return cls(stride, tuple(size), action.circular, rolls, {} if rolls else None, margin)
+
+    @classmethod
+    def same_size(cls, action: ShiftAction, stride: int, size: Sequence[int],
+                  margin: int = 0) -> "LayerGeometry":
+        """A map the protocol acts on as on its input (a same-size or strided map)."""
+        return cls(stride, tuple(size), action.circular, True, {}, margin)
+
+    @property
+    def needs_reach(self) -> bool:
+        return not self.rolls and self.reach is None
+
+    def bounds(self, shift: Sequence[float]):
+        """Output positions per axis ``((lo, hi), …)`` no wrapped pixel reaches; None when
+        every position may be compared; ``()`` when none may (a sub-pixel shift moves
+        every input pixel, or the reach could not be traced)."""
+        if self.rolls:
+            return None
+        if self.reach is None or any(d != round(d) for d in shift):
+            return ()
+        out = []
+        for axis, d in enumerate(int(round(d)) for d in shift):
+            n = self.size[axis]
+            reached = self.reach.get((axis, d)) if d else None
+            hit = [] if reached is None else reached.nonzero().flatten().tolist()
+            if not hit:
+                out.append((0, n))
+            elif d > 0:                                  # the wrapped band is at the start
+                out.append((hit[-1] + 1, n))
+            else:                                        # … at the end
+                out.append((0, hit[0]))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One way to line ``φ(T_δ x)`` up with ``φ(x)`` at a shift: what the law compares.
+
+    ``kind``: ``exact`` (the stride divides the shift), ``nearest`` (an integer alignment
+    when it does not), ``fourier`` (a band-limited sub-pixel shift of the whole map) or
+    ``invariance``. ``blocks``: for integer alignments, the ``(out_slices, ref_slices)``
+    boxes that must agree (:func:`~shiftlab.actions.overlap_blocks`); None: the whole map.
+    """
+
+    kind: str
+    feature_shift: tuple[float, ...]
+    circular: bool = True
+    blocks: list | None = None
+
+
+def alignments(action: ShiftAction, geometry: LayerGeometry, shift: Sequence[float]) -> list[Alignment]:
+    """The candidate alignments at shift ``δ``: one when exact, the floor/ceil integer
+    alignments (or one Fourier shift) otherwise, none when nothing is comparable."""
+    if geometry.stride is None:
+        return [Alignment("invariance", ())]
+    bounds = geometry.bounds(shift)
+    if bounds == ():
+        return []
+    candidates, exact = action.feature_shifts(torch.tensor([list(shift)], dtype=_F64), geometry.stride)
+    if not action.integer and not bool(exact.all()):
+        return [Alignment(action.inexact, tuple(float(v) for v in candidates[0][0]))]
+    kind = "exact" if bool(exact.all()) else action.inexact
+    wraps = action.circular and geometry.rolls
+    out = []
+    for fshift in dict.fromkeys(tuple(int(v) for v in c[0].tolist()) for c in candidates):
+        blocks = overlap_blocks(geometry.size, fshift, circular=wraps, margin=geometry.margin,
+                                bounds=bounds)
+        out.append(Alignment(kind, fshift, wraps, blocks))
+    return out
+
+
+def expected(action: ShiftAction, ref: Tensor, alignment: Alignment) -> tuple[Tensor, Tensor | None]:
+    """``T'_δ φ(x)`` as a map and the ``(N, *spatial)`` mask where it is defined (None:
+    everywhere), for element-wise checks (:mod:`shiftlab.testing`) and pictures."""
+    if alignment.kind == "invariance":
+        return ref, None
+    if alignment.blocks is None:                          # Fourier shift of the whole map
+        shift = torch.tensor(alignment.feature_shift, dtype=_F64).expand(len(ref), -1)
+        return action.on_features(ref, shift), None
+    moved = torch.zeros_like(ref)
+    mask = torch.zeros((len(ref),) + tuple(ref.shape[2:]), dtype=torch.bool, device=ref.device)
+    for out_box, src_box in alignment.blocks:
+        moved[(slice(None), slice(None)) + out_box] = ref[(slice(None), slice(None)) + src_box]
+        mask[(slice(None),) + out_box] = True
+    return moved, (None if bool(mask.all()) else mask)
+
+
+def block_norms(out: Tensor, ref: Tensor, alignment: Alignment) -> tuple[Tensor, Tensor, int]:
+    """Per-sample ``‖out − T'ref‖²`` and ``‖T'ref‖²`` over ``alignment``'s region, and the
+    positions compared per sample (the plain way; the audit engine has a faster twin)."""
+    if alignment.blocks is None:
+        raise ValueError("block_norms needs an integer alignment")
+    d2 = torch.zeros(len(out), dtype=_F64, device=out.device)
+    r2 = torch.zeros_like(d2)
+    positions = 0
+    for out_box, src_box in alignment.blocks:
+        a = out[(slice(None), slice(None)) + out_box]
+        b = ref[(slice(None), slice(None)) + src_box]
+        d2 += _sq(a - b)
+        r2 += _sq(b)
+        positions += a[0, 0].numel()
+    return d2, r2, positions
+
+
+@dataclass
+class Comparison:
+    """The law at one shift for a batch: per-sample squared norms of the difference and
+    of the expected map over the compared region, the positions compared per sample (0:
+    not comparable) and how the maps were aligned."""
+
+    alignment: str | None              # "exact" | "nearest" | "fourier" | "invariance" | None
+    diff_sq: Tensor                    # (N,) float64
+    ref_sq: Tensor                     # (N,) float64
+    positions: int
+
+
+def compare(action: ShiftAction, geometry: LayerGeometry, out: Tensor, ref: Tensor,
+            shift: Sequence[float], norms: Callable | None = None) -> Comparison:
+    """Compare ``out = φ(T_δ x)`` with ``T'_δ φ(x)`` (``ref = φ(x)``) for every sample.
+
+    Integer alignments go through ``norms(out, alignment)`` (default :func:`block_norms`
+    against ``ref``); of several candidates each sample keeps the smallest relative error.
+    """
+    cands = alignments(action, geometry, shift)
+    if not cands:
+        zero = torch.zeros(len(out), dtype=_F64, device=out.device)
+        return Comparison(None, zero, zero, 0)
+    first = cands[0]
+    if first.blocks is None:                           # invariance or a Fourier shift
+        moved, _ = expected(action, ref, first)
+        return Comparison(first.kind, _sq(out - moved), _sq(moved), out[0].numel() if first.kind ==
+                          "invariance" else out[0, 0].numel())
+    norms = norms or (lambda o, a: block_norms(o, ref, a))
+    best = None
+    for cand in cands:
+        d2, r2, positions = norms(out, cand)
+        if best is None or not best[2]:
+            best = (d2, r2, positions)
+        elif positions:                                # keep the smaller relative error
+            better = d2 * best[1] < best[0] * r2
+            best = (torch.where(better, d2, best[0]), torch.where(better, r2, best[1]),
+                    max(positions, best[2]))
+    return Comparison(first.kind, *best)
+
+
+def relative_error(c: Comparison) -> Tensor:
+    """``sqrt(Σ diff² / Σ ref²)`` over the batch (0/0 = 0)."""
+    num, den = c.diff_sq.sum(), c.ref_sq.sum()
+    return (num / den).sqrt() if den > 0 else (num > 0) * torch.tensor(float("inf"))
+
+
+def _sq(t: Tensor) -> Tensor:
+    """Per-sample squared L2 norm in float64."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).to(_F64).square()
