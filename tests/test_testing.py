@@ -62,8 +62,18 @@ def test_canvas_protocol_compares_the_overlap_only():
     x = torch.zeros(2, 1, 38, 38, dtype=torch.float64)
     x[:, :, 5:33, 5:33] = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     assert_shift_equivariant(net, x, [(1, 0), (3, -2)], protocol="canvas")
-    with pytest.raises(AssertionError):
-        assert_shift_equivariant(net, x, [(1, 0)], protocol="circular")
+    # circular: the valid convs change the map size (38 -> 34 -> ...), so a roll of the input
+    # is not a roll of their maps; the law compares where no wrapped pixel reaches: exact
+    assert_shift_equivariant(net, x, [(1, 0), (-3, 2)], protocol="circular")
+    (r,) = shift_errors(net, x, [(2, 0)], protocol="circular")
+    rows, cols = net(x).shape[-2:]
+    assert r.ok and r.total == 2 * 5 * (rows - 2) * cols                # 2 rows wrapped
+
+
+def test_nothing_to_compare_is_an_error_not_a_pass():
+    net = nn.Sequential(nn.Conv2d(1, 1, 8))                   # 8x8 -> 1x1: every pixel is read
+    with pytest.raises(ShiftlabError, match="nothing to compare at the shift \\(1, 0\\)"):
+        assert_shift_equivariant(net, torch.rand(1, 1, 8, 8), [(1, 0)], stride=1)
 
 
 def test_shift_errors_returns_data():
@@ -74,7 +84,7 @@ def test_shift_errors_returns_data():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(shifts=[(0.5, 0)]), "integer"),
-    (dict(shifts=[1, 2, 3]), "pair"),
+    (dict(shifts=[1, 2, 3]), "one \\(dy, dx\\) shift"),
     (dict(shifts=[(9, 0)]), "not smaller"),
     (dict(shifts=[(1, 0)], protocol="crop"), "protocol"),
 ])
@@ -84,11 +94,13 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_bad_inputs():
-    with pytest.raises(ShiftlabError, match="NCHW"):
+    with pytest.raises(ShiftlabError, match="for 1-D inputs"):
         assert_shift_invariant(_circular_conv(), torch.randn(2, 8, 8), [(1, 0)])
+    with pytest.raises(ShiftlabError, match="N x C x T signal batch"):
+        assert_shift_invariant(_circular_conv(), torch.randn(2, 1, 1, 8, 8), [(1, 0)])
     with pytest.raises(ShiftlabError, match="cannot run"):
         assert_shift_invariant(_circular_conv(), torch.randn(1, 5, 8, 8, dtype=torch.float64), [(1, 0)])
-    with pytest.raises(ShiftlabError, match="no measurable stride"):
+    with pytest.raises(ShiftlabError, match="not a spatial map with a measurable stride"):
         assert_shift_equivariant(nn.Sequential(_circular_conv(), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                                  torch.randn(1, 2, 8, 8, dtype=torch.float64), [(1, 0)])
 
@@ -107,3 +119,14 @@ def test_first_broken_layer_uses_the_callers_tolerances():
         assert_shift_invariant(model, x, [(1, 0)])
     with pytest.raises(AssertionError, match=r"first broken layer: 1, MaxPool2d, stride 2 does not divide"):
         assert_shift_invariant(model, x, [(1, 0)], atol=1e-2)
+
+
+def test_signals_take_the_same_assertions():
+    conv = nn.Conv1d(2, 3, 5, padding=2, padding_mode="circular").double()
+    x = torch.randn(2, 2, 24, dtype=torch.float64)
+    assert_shift_equivariant(conv, x, [(3,), (-7,)])
+    pooled = nn.Sequential(conv, nn.MaxPool1d(2))
+    assert_shift_equivariant(pooled, x, [(4,)])
+    with pytest.raises(AssertionError, match=r"circular shift \(2,\)"):
+        assert_shift_equivariant(pooled, x, [(2,)], stride=1)
+    assert_shift_invariant(nn.Sequential(conv, nn.AdaptiveMaxPool1d(1)), x, [(5,)])

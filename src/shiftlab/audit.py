@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from .actions import ShiftAction, make_action, spatial_rank
 from .errors import ShiftlabError
-from .law import Alignment, LayerGeometry, compare
+from .law import Alignment, LayerGeometry, compare, layer_geometries
 from .metrics import Consistency, EquivarianceError, GridStability, SensitivityMap, masked_sq_norms
-from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers, wrap_reach
+from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers
 from .result import AuditResult, InvarianceResult, LayerResult, Provenance
 from .shifts import ShiftSet
 
@@ -300,22 +300,20 @@ class _Engine:
         reference = self.action.reference(x[:1])
         self.input_shape = list(reference.shape[1:])
         infos = infer_layers(self.model, reference, self.names)
+        geometries = layer_geometries(self.model, reference, self.action, infos, self.shifts, cfg.margin)
         period = 1                      # the largest stride so far: what pooling can forgive
         for info in infos:
-            geometry = None
-            if info.spatial and len(info.shape) == rank + 1:
+            geometry = geometries[info.name]
+            if geometry.stride is not None:
                 comparison = "equivariance"
                 period = max(period, info.stride)
-                geometry = LayerGeometry.of(self.action, info.stride, info.shape[1:], size, cfg.margin)
             elif info.stride_source == "unknown":
                 comparison = "skipped"
             else:
                 comparison = "invariance"
                 info = dataclasses.replace(info, stride=period)
-                geometry = LayerGeometry(None)
             metric = None if comparison == "skipped" else EquivarianceError(len(self.grid))
             self.layers.append(_Layer(info, comparison, geometry, metric))
-        self._measure_reach(reference)
         if not any(l.info.name == cfg.sensitivity_layer for l in self.layers):
             raise ShiftlabError(f"sensitivity layer {cfg.sensitivity_layer!r} produced no "
                                 "tensor output")
@@ -328,21 +326,6 @@ class _Engine:
         self.sample_shape = tuple(x.shape[1:])
         self.probe = Probe(self.model, self.names,
                            clone=[i.name for i in infos if i.overwritten]).__enter__()
-
-    def _measure_reach(self, reference: Tensor) -> None:
-        """Where a circular shift's wrapped pixels reach, for maps the protocol does not roll."""
-        pending = [l for l in self.layers if l.geometry is not None and l.geometry.needs_reach]
-        if not pending:
-            return
-        bands = sorted({(axis, int(d)) for shift in self.shifts.tolist()
-                        for axis, d in enumerate(shift) if d == round(d) and d != 0})
-        names = list(dict.fromkeys(l.info.name.split("#")[0] for l in pending))
-        try:
-            reach = wrap_reach(self.model, reference, names, bands)
-        except ShiftlabError:           # the model refuses NaN: nothing can be traced
-            reach = {}
-        for l in pending:
-            l.geometry = dataclasses.replace(l.geometry, reach=reach.get(l.info.name))
 
     def close(self) -> None:
         if self.probe is not None:

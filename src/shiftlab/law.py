@@ -30,6 +30,7 @@ Everything here returns data: the audit engine folds it into streaming metrics,
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -37,9 +38,11 @@ import torch
 from torch import Tensor
 
 from .actions import ShiftAction, overlap_blocks
+from .errors import ShiftlabError
+from .probe import LayerInfo, wrap_reach
 
 __all__ = ["LayerGeometry", "Alignment", "Comparison", "alignments", "expected", "compare",
-           "relative_error", "block_norms"]
+           "relative_error", "block_norms", "layer_geometries"]
 
 _F64 = torch.float64
 
@@ -103,6 +106,33 @@ class LayerGeometry:
             else:                                        # … at the end
                 out.append((0, hit[0]))
         return tuple(out)
+
+
+def layer_geometries(model, example: Tensor, action: ShiftAction, infos: Sequence[LayerInfo],
+                     shifts: Tensor, margin: int = 0) -> dict[str, LayerGeometry]:
+    """The geometry of every probed layer of ``model`` under ``action`` for inputs like
+    ``example`` (one sample, as the model sees it) and the shifts ``(K, rank)`` to come:
+    spatial maps get their stride and, where the protocol does not roll them, the measured
+    reach of wrapped pixels; layers without spatial axes compare for invariance."""
+    rank, size = example.ndim - 2, tuple(example.shape[2:])
+    out: dict[str, LayerGeometry] = {}
+    for info in infos:
+        if info.spatial and len(info.shape) == rank + 1:
+            out[info.name] = LayerGeometry.of(action, info.stride, info.shape[1:], size, margin)
+        else:
+            out[info.name] = LayerGeometry(None)
+    pending = [name for name, g in out.items() if g.needs_reach]
+    if pending:
+        bands = sorted({(axis, int(d)) for shift in shifts.tolist()
+                        for axis, d in enumerate(shift) if d == round(d) and d != 0})
+        try:
+            reach = wrap_reach(model, example, list(dict.fromkeys(n.split("#")[0] for n in pending)),
+                               bands)
+        except ShiftlabError:           # the model refuses NaN: nothing can be traced
+            reach = {}
+        for name in pending:
+            out[name] = dataclasses.replace(out[name], reach=reach.get(name))
+    return out
 
 
 @dataclass(frozen=True)

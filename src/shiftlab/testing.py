@@ -6,8 +6,11 @@ For a module ``f`` of cumulative stride ``s`` and every shift ``δ`` (a multiple
            \\quad\\text{(invariant)},
 
 checked elementwise as ``|actual − expected| ≤ atol + rtol·|expected|`` (the rule of
-``torch.testing.assert_close``). ``T`` is a shift protocol of :mod:`shiftlab.transforms`
-(``circular``: ``torch.roll``; ``canvas``: compared only where both maps are defined).
+``torch.testing.assert_close``), on the region the law of :mod:`shiftlab.law` defines:
+``T`` is a shift protocol of :mod:`shiftlab.actions` (``circular``: ``torch.roll``, and on
+a map whose size the module changed, such as a valid convolution's, only where no wrapped
+pixel reaches; ``canvas``: where both maps are defined). Signals (N×C×T) take ``(dt,)``
+shifts, images ``(dy, dx)``.
 Defaults per dtype: ``rtol`` 1e-5 (float32) / 1e-10 (float64) / 1e-2 (half), and ``atol``
 ``= rtol × max|expected|``, i.e. errors are judged against the scale of the output.
 
@@ -22,23 +25,26 @@ allowed error, and (for models) the first probed layer that breaks. Bad argument
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .actions import ShiftAction, make_action, spatial_rank
 from .audit import TOLERANCE
 from .errors import ShiftlabError, run_model
+from .law import LayerGeometry, alignments, layer_geometries
+from .law import expected as law_expected
 from .probe import OUTPUT, Probe, default_layers, infer_layers
-from .transforms import ShiftAction, make_action
 
 
 @dataclass(frozen=True)
 class ShiftError:
     """How far ``f(T_δ x)`` is from what the law predicts, for one shift ``δ``."""
 
-    shift: tuple[int, int]
-    feature_shift: tuple[int, int] | None    # δ/s for equivariance, None for invariance
+    shift: tuple[int, ...]
+    feature_shift: tuple[int, ...] | None    # δ/s for equivariance, None for invariance
     max_error: float                          # greatest |actual − expected|
     index: tuple[int, ...]                    # where it is (in the output)
     excess: float                             # greatest error minus allowed error (≤ 0: ok)
@@ -51,22 +57,25 @@ class ShiftError:
         return self.failed == 0
 
 
-def _as_pairs(shifts) -> list[tuple[int, int]]:
+def _as_shifts(shifts, rank: int) -> list[tuple[int, ...]]:
     t = torch.as_tensor(shifts)
     if t.is_floating_point() and not torch.equal(t, t.round()):
         raise ShiftlabError(f"integer shifts expected, got {t.flatten().tolist()[:6]}")
     t = t.to(torch.int64)
-    if t.ndim == 1 and t.numel() == 2:
-        t = t[None]
-    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] == 0:
-        raise ShiftlabError(f"shifts must be one (dy, dx) pair or a list of them, got shape {tuple(t.shape)}")
-    return [(int(a), int(b)) for a, b in t]
+    if t.ndim <= 1 and t.numel() == rank:
+        t = t.reshape(1, rank)
+    if t.ndim != 2 or t.shape[1] != rank or t.shape[0] == 0:
+        one = "(dt,)" if rank == 1 else "(dy, dx)"
+        raise ShiftlabError(f"shifts must be one {one} shift or a list of them for {rank}-D "
+                            f"inputs, got shape {tuple(t.shape)}")
+    return [tuple(int(v) for v in row) for row in t]
 
 
 def _action(protocol: str, fill: float) -> ShiftAction:
-    action = make_action(protocol, fill=fill) if protocol in ("circular", "canvas") else None
-    if action is None:
-        raise ShiftlabError(f"protocol must be 'circular' or 'canvas' here, got {protocol!r}")
+    action = make_action(protocol, fill=fill)
+    if not action.integer:
+        raise ShiftlabError(f"the assertions take integer shifts; protocol {protocol!r} is for "
+                            "sub-pixel shifts (use shiftlab.audit)")
     return action
 
 
@@ -98,6 +107,20 @@ def _compare(actual: Tensor, expected: Tensor, atol: float, rtol: float, mask: T
                       float(allowed.flatten()[worst]), int((excess > 0).sum()), total)
 
 
+def _check_law(actual: Tensor, reference: Tensor, action: ShiftAction, geometry: LayerGeometry,
+               shift, atol, rtol) -> ShiftError:
+    """The law at one shift, element by element, on the region it defines."""
+    (alignment,) = alignments(action, geometry, shift) or [None]
+    if alignment is None:                                 # nothing is comparable
+        return ShiftError(shift, None, 0.0, (), -torch.inf, 0.0, 0, 0)
+    expected, mask = law_expected(action, reference, alignment)
+    a, r = _tolerances(reference.dtype, atol, rtol, expected if mask is None else expected[
+        mask[:, None].expand_as(expected)])
+    feature = alignment.feature_shift or None
+    return _compare(actual, expected, a, r, None if mask is None else mask[:, None].expand_as(actual),
+                    shift, feature)
+
+
 def _run(module: nn.Module, x: Tensor) -> Tensor:
     with torch.no_grad():
         out = run_model(module, x, "the module")
@@ -106,79 +129,70 @@ def _run(module: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
-def _stride_of(module: nn.Module, x: Tensor) -> int:
-    info = infer_layers(module, x[:1], layers=[])[-1]
-    if info.stride is None:
-        raise ShiftlabError("the module's output has no measurable stride (not a spatial map); "
-                            "pass stride=, or use assert_shift_invariant")
-    return info.stride
-
-
 def shift_errors(module: nn.Module, x: Tensor, shifts, *, invariant: bool = False,
                  stride: int | None = None, atol: float | None = None, rtol: float | None = None,
                  protocol: str = "circular", fill: float = 0.0) -> list[ShiftError]:
     """One :class:`ShiftError` per shift: the data behind the two assertions."""
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        raise ShiftlabError(f"x must be an NCHW batch (4-D tensor), got "
-                            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    action, pairs = _action(protocol, fill), _as_pairs(shifts)
-    action.check_shifts(tuple(x.shape[-2:]), torch.tensor(pairs))
-    if not invariant:
-        stride = _stride_of(module, x) if stride is None else int(stride)
+    rank = spatial_rank(x)
+    action, pairs = _action(protocol, fill), _as_shifts(shifts, rank)
+    action.check_shifts(tuple(x.shape[2:]), torch.tensor(pairs))
+    reference_input = action.reference(x)
+    reference = _run(module, reference_input)
+    if invariant:
+        geometry = LayerGeometry(None)
+    else:
+        info = infer_layers(module, reference_input[:1], layers=[])[-1]
+        stride = info.stride if stride is None else int(stride)
+        if stride is None or reference.ndim != x.ndim or not info.spatial:
+            raise ShiftlabError("the module's output is not a spatial map with a measurable "
+                                "stride; pass stride=, or use assert_shift_invariant")
         if stride < 1:
             raise ShiftlabError(f"stride must be at least 1, got {stride}")
-        bad = [d for d in pairs if d[0] % stride or d[1] % stride]
+        bad = [d for d in pairs if any(v % stride for v in d)]
         if bad:
             raise ShiftlabError(f"shift {bad[0]} is not a multiple of the stride {stride}; "
                                 "equivariance is defined only there (use multiples)")
-    reference = _run(module, action.reference(x))
-    results = []
-    for d in pairs:
-        out = _run(module, action(x, d))
-        if invariant:
-            expected, mask, feature = reference, None, None
-        else:
-            if reference.ndim != 4:
-                raise ShiftlabError("the module's output is not an NCHW map; use assert_shift_invariant")
-            feature = (d[0] // stride, d[1] // stride)
-            fs = torch.tensor([feature] * len(x))
-            expected = action.on_features(reference, fs)
-            mask = None if action.circular else action.valid_mask(tuple(reference.shape[-2:]), fs)[:, None]
-        a, r = _tolerances(reference.dtype, atol, rtol, expected)
-        results.append(_compare(out, expected, a, r, None if mask is None else mask.expand_as(out),
-                                d, feature))
+        geometry = layer_geometries(module, reference_input[:1], action, [info],
+                                    torch.tensor(pairs, dtype=torch.float64))[info.name]
+        geometry = dataclasses.replace(geometry, stride=stride)       # a stride the caller chose
+    results = [_check_law(_run(module, action(x, d)), reference, action, geometry, d, atol, rtol)
+               for d in pairs]
+    empty = [r.shift for r in results if r.total == 0 and any(r.shift)]
+    if empty:
+        raise ShiftlabError(f"nothing to compare at the shift {empty[0]}: no output position is "
+                            "defined in both maps (every receptive field wraps, or the shift "
+                            "moves everything out); use smaller shifts or a larger input")
     return results
 
 
 def _first_broken_layer(module: nn.Module, x: Tensor, result: ShiftError, action: ShiftAction,
                         atol: float | None = None, rtol: float | None = None) -> str:
     """`` (first broken layer: NAME, TYPE, stride s)`` for models with probed layers, else ``""``;
-    each layer is judged with the caller's ``atol``/``rtol`` (scaled to that layer's output)."""
+    each layer is judged by the law with the caller's ``atol``/``rtol`` (scaled to that
+    layer's output)."""
     names = default_layers(module)
     if not names:
         return ""
     try:
-        infos = {i.name: i for i in infer_layers(module, x[:1], names)}
+        example = action.reference(x[:1])
+        infos = infer_layers(module, example, names)
+        geometries = layer_geometries(module, example, action, infos,
+                                      torch.tensor([result.shift], dtype=torch.float64))
         with Probe(module, names) as probe, torch.no_grad():
             ref, moved = probe(action.reference(x)), probe(action(x, result.shift))
     except Exception:                                     # diagnosis is best effort
         return ""
+    infos = {i.name: i for i in infos}
     for name in (n for n in ref if n != OUTPUT and n in infos):
         info, a, b = infos[name], ref[name], moved.get(name)
         if b is None or a.shape != b.shape:
             continue
-        if info.stride is None:                           # not spatial: must be invariant
-            expected = a
-        elif info.spatial and not (result.shift[0] % info.stride or result.shift[1] % info.stride):
-            fs = torch.tensor([[result.shift[0] // info.stride, result.shift[1] // info.stride]] * len(x))
-            if not action.circular:
-                continue
-            expected = action.on_features(a, fs)
-        else:
+        geometry = geometries[name]
+        if geometry.stride is not None and any(v % geometry.stride for v in result.shift):
             return f" (first broken layer: {name}, {info.kind}, stride {info.stride} does not divide the shift)"
-        layer_atol, layer_rtol = _tolerances(a.dtype, atol, rtol, expected)
-        if not _compare(b, expected, layer_atol, layer_rtol, None, result.shift, None).ok:
-            return f" (first broken layer: {name}, {info.kind}, stride {info.stride})"
+        if not _check_law(b, a, action, geometry, result.shift, atol, rtol).ok:
+            stride = "-" if info.stride is None else info.stride
+            return f" (first broken layer: {name}, {info.kind}, stride {stride})"
     return ""
 
 
