@@ -117,3 +117,18 @@ def test_one_d_shift_sets():
     assert s.neighbours().tolist() == [[0, 1], [1, 2], [2, 3], [3, 4]]
     assert ShiftSet.parse("x=0:2", rank=1).shifts == ((0.0,), (1.0,), (2.0,))
     assert ShiftSet.parse("0;1;-2", rank=1).shifts == ((0.0,), (1.0,), (-2.0,))
+
+
+def test_one_d_aps_net_keeps_full_circular_consistency_at_every_shift():
+    """Chaman & Dokmanić's APS on signals: circular convs, APS at strides 2 and 3, a global
+    pooling head: the same prediction at every circular shift of the 24-sample input."""
+    from shiftlab.layers import APS
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv1d(1, 6, 5, padding=2, padding_mode="circular"), nn.ReLU(), APS(2, dims=1),
+        nn.Conv1d(6, 6, 3, padding=1, padding_mode="circular"), nn.ReLU(), APS(3, dims=1),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(6, 4)).double().eval()
+    x = torch.randn(8, 1, 24, dtype=torch.float64)
+    r = audit(model, x, shifts="-12:11", pairs=20)
+    assert r.invariance.consistency == 1.0 and r.invariance.flip_rate == 0.0
+    assert max(r.layer("output").error) < 1e-9

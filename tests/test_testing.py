@@ -96,7 +96,7 @@ def test_bad_arguments(kwargs, match):
 def test_bad_inputs():
     with pytest.raises(ShiftlabError, match="for 1-D inputs"):
         assert_shift_invariant(_circular_conv(), torch.randn(2, 8, 8), [(1, 0)])
-    with pytest.raises(ShiftlabError, match="N x C x T signal batch"):
+    with pytest.raises(ShiftlabError, match="N×C×T signal"):
         assert_shift_invariant(_circular_conv(), torch.randn(2, 1, 1, 8, 8), [(1, 0)])
     with pytest.raises(ShiftlabError, match="cannot run"):
         assert_shift_invariant(_circular_conv(), torch.randn(1, 5, 8, 8, dtype=torch.float64), [(1, 0)])

@@ -139,7 +139,7 @@ def test_feature_shifts_exact_only_at_multiples_of_the_stride():
 
 @pytest.mark.parametrize("bad", ["image", torch.randn(8), torch.randn(1, 1, 1, 4, 4)])
 def test_inputs_of_no_known_rank_are_a_clear_error(bad):
-    with pytest.raises(ShiftlabError, match="N x C x T signal batch .* or an N x C x H x W"):
+    with pytest.raises(ShiftlabError, match="N×C×T signal .* or an N×C×H×W map"):
         circular_shift(bad, (1, 1))
 
 

@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from .errors import ShiftlabError
+from .shapes import spatial_rank
 
 ShiftLike = Union[Sequence[float], Tensor]
-RANKS = (1, 2)                      # spatial axes shiftlab acts on: signals and images
 
 __all__ = [
     "ShiftAction", "CircularShift", "CanvasShift", "CropShift", "FractionalShift", "PairRange",
@@ -46,23 +46,9 @@ __all__ = [
     "spatial_rank", "as_shifts", "rotate", "rescale", "central_mask",
 ]
 
-_AXIS_NAMES = {1: "T", 2: "H x W"}
 
 
 # ----------------------------------------------------------------------------- helpers
-def spatial_rank(x: Tensor, rank: int | None = None) -> int:
-    """The number of spatial axes of an ``N×C×T`` (1) or ``N×C×H×W`` (2) batch; with
-    ``rank`` given, the batch must have exactly that many."""
-    if not isinstance(x, Tensor) or x.ndim - 2 not in RANKS:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ShiftlabError(f"expected an N x C x T signal batch (3-D tensor) or an N x C x H x W "
-                            f"image batch (4-D tensor), got {shape}")
-    if rank is not None and x.ndim - 2 != rank:
-        raise ShiftlabError(f"expected N x C x {_AXIS_NAMES[rank]} inputs ({rank} spatial "
-                            f"{'axis' if rank == 1 else 'axes'}), got shape {tuple(x.shape)}")
-    return x.ndim - 2
-
-
 def as_shifts(shifts: ShiftLike, n: int, rank: int = 2, *, integer: bool = True,
               device=None) -> Tensor:
     """Return shifts as an ``(n, rank)`` tensor (int64 if ``integer`` else float64)."""

@@ -5,7 +5,7 @@ from the input (``N×C×T`` signals or ``N×C×H×W`` images), modules from ``di
 from .aps import APS, APSShortcut, aps_downsample, phase_downsample, polyphase_components
 from .blurpool import BlurConv, BlurPool, Downsampled, MaxBlurPool, binomial_filter, blur_pool
 from .padding import PADDING_MODES, Pad, Pad1d, Pad2d, pad, pad1d, pad2d, same_padding
-from .shapes import SPATIAL_RANKS, module_rank, spatial_rank
+from ..shapes import SPATIAL_RANKS, module_rank, spatial_rank
 
 __all__ = ["BlurPool", "blur_pool", "binomial_filter", "MaxBlurPool", "BlurConv", "Downsampled",
            "APS", "APSShortcut", "aps_downsample", "phase_downsample", "polyphase_components",

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from ..errors import ShiftlabError
 from .blurpool import BlurPool, check_stride
 from .padding import pad
-from .shapes import check_dims, check_maps, size_text
+from ..shapes import check_dims, check_maps, size_text
 
 NORMS = ("l2", "l1", "linf")
 

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from ..errors import ShiftlabError
 from .padding import check_padding_mode, pad, same_padding
-from .shapes import check_dims, check_maps, module_rank, per_axis
+from ..shapes import check_dims, check_maps, module_rank, per_axis
 
 MAX_FILTER_SIZE = 7
 _CONV = {1: F.conv1d, 2: F.conv2d}

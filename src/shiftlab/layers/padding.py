@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ShiftlabError
-from .shapes import LAYOUT, SPATIAL_RANKS, check_maps
+from ..shapes import LAYOUT, SPATIAL_RANKS, check_maps
 
 PADDING_MODES = ("reflect", "replicate", "zeros", "circular")
 

@@ -1,5 +1,5 @@
-"""The spatial rank of maps and of torch layers: one place that checks shapes for every layer
-in :mod:`shiftlab.layers`.
+"""The spatial rank of maps and of torch layers: one place that checks shapes, for the
+actions, the law and every layer in :mod:`shiftlab.layers`.
 
 A batch has two leading axes, samples ``N`` and channels ``C``, then ``d`` spatial axes:
 ``d = 1`` for signals ``N×C×T`` (audio, time series, one spectrogram row), ``d = 2`` for
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import ShiftlabError
+from .errors import ShiftlabError
 
 SPATIAL_RANKS = (1, 2)
 LAYOUT = {1: "N×C×T signal (3-D tensor)", 2: "N×C×H×W map (4-D tensor)"}
@@ -39,12 +39,16 @@ def check_dims(dims) -> int:
     return dims
 
 
-def spatial_rank(x) -> int:
-    """The number of spatial axes of an ``N×C×T`` or ``N×C×H×W`` tensor (1 or 2)."""
+def spatial_rank(x, rank: int | None = None) -> int:
+    """The number of spatial axes of an ``N×C×T`` or ``N×C×H×W`` tensor (1 or 2); with
+    ``rank`` given, the tensor must have exactly that many."""
     if not isinstance(x, Tensor):
         raise ShiftlabError(f"expected a tensor, an {LAYOUT[1]} or an {LAYOUT[2]}, got {type(x).__name__}")
     if x.ndim - 2 not in SPATIAL_RANKS:
         raise ShiftlabError(f"expected an {LAYOUT[1]} or an {LAYOUT[2]}, got shape {tuple(x.shape)}")
+    if rank is not None and x.ndim - 2 != rank:
+        raise ShiftlabError(f"expected {KIND[rank]} ({LAYOUT[rank].split(' (')[1][:-1]}), got "
+                            f"shape {tuple(x.shape)}")
     return x.ndim - 2
 
 
