@@ -393,11 +393,25 @@ class TestCheckpoints:
         assert not marker.exists()                         # the pickle's command never ran
         assert ckpt.read_bytes() == before
 
-    def test_init_from_a_pickle_that_runs_code(self, tmp_path, capsys):
-        marker = tmp_path / "pwned"
-        torch.save({"model": Evil(marker)}, tmp_path / "evil.pt")
-        refused(capsys, "train", *FAST, "--init", tmp_path / "evil.pt", "--out", tmp_path / "r",
-                match="cannot be unpickled")
+    @pytest.mark.parametrize("damage,match", [
+        ("pickle-runs-code", "cannot be unpickled"),
+        ("truncated", "is not a readable PyTorch checkpoint"),
+        ("empty", "is not a readable PyTorch checkpoint"),
+        ("missing", "does not exist"),
+        ("not-tensors", "does not hold a state dict of tensors"),
+    ])
+    def test_bad_init_files(self, tmp_path, capsys, trained, damage, match):
+        marker, init = tmp_path / "pwned", tmp_path / "init.pt"
+        if damage == "pickle-runs-code":
+            torch.save({"model": Evil(marker)}, init)
+        elif damage == "truncated":
+            init = tmp_path / "init.safetensors"
+            init.write_bytes((trained / WEIGHTS).read_bytes()[:2000])
+        elif damage == "empty":
+            init.write_bytes(b"")
+        elif damage == "not-tensors":
+            torch.save({"features.0.weight": [1, 2]}, init)
+        refused(capsys, "train", *FAST, "--init", init, "--out", tmp_path / "r", match=match)
         assert not marker.exists() and not (tmp_path / "r").exists()
 
     def test_resume_without_a_checkpoint(self, tmp_path, capsys, trained):

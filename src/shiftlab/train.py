@@ -165,7 +165,8 @@ def _corrupt(path: Path, what: str = "checkpoint") -> ShiftlabError:
 
 def load_checkpoint(path: Path) -> dict:
     """Read a training checkpoint safely (``weights_only=True``: no code runs) and check it:
-    its fields, and the SHA-256 of its contents when it holds one (written since 0.2)."""
+    the SHA-256 of its contents (checkpoints of earlier versions hold none) and the type
+    of each field. ``history`` comes back parsed (a dict)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
