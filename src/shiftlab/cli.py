@@ -234,7 +234,7 @@ def cmd_train(args) -> None:
                          batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, augment=args.augment,
                          canvas=args.canvas, seed=args.seed, limit=args.limit,
                          channels_last=not args.no_channels_last, init=args.init)
-    check_writable(Path(args.out) / "train.json")
+    # train() checks everything before any work, creates --out only then and locks it
     train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
 
 
@@ -268,16 +268,30 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from .convert import convert
-    from .io import atomic_path
+    from io import BytesIO
+
+    from .convert import METHODS, check_input_shape, convert
+    from .io import write_bytes_atomic
+    from .layers.blurpool import check_filter_size
+    from .layers.padding import check_padding_mode
+    from .train import verify_weights, weights_bytes
     out = check_writable(args.out)
     if out.suffix not in (".safetensors", ".pt"):
         raise ShiftlabError(f"--out must end in .safetensors or .pt, got {str(out)!r}")
+    if args.method not in METHODS:
+        raise ShiftlabError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)}")
     if len(args.input) != 3:
         raise ShiftlabError(f"--input needs CxHxW, got {'x'.join(map(str, args.input))}")
+    check_input_shape(args.input)
     if args.method == "circular" and (args.filter_size is not None or args.padding is not None):
         raise ShiftlabError("--filter-size and --padding set the blur of blurpool and aps; "
                             "--method circular has no blur, so leave them out")
+    if args.filter_size is not None:
+        check_filter_size(args.filter_size)
+    if args.padding is not None:
+        check_padding_mode(args.padding)
+    if args.weights:
+        verify_weights(args.weights)                  # a stored SHA-256 that no longer matches
     model = _load_model(args, args.input[-1])
     before = dict(model.named_modules())
     converted, replaced = convert(model, args.method, filter_size=args.filter_size,
@@ -288,21 +302,22 @@ def cmd_convert(args) -> None:
         print(f"{name or '(model)'}: " + (f"{old} -> {new}" if old != new else f"{old} made circular"))
     if not replaced:
         print(f"nothing to convert: {args.model} has no layer that {args.method} changes")
-    # own copies: tied weights share storage, which safetensors refuses to write
-    state = {k: v.detach().clone().contiguous() for k, v in converted.state_dict().items()}
-    with atomic_path(out) as tmp:
-        try:
-            if out.suffix == ".pt":
-                import torch
-                torch.save(state, tmp)
-            else:
-                from safetensors.torch import save_file
-                save_file(state, str(tmp), metadata={"model": args.model, "method": args.method,
-                                                     "filter_size": str(args.filter_size),
-                                                     "padding": str(args.padding)})
-        except RuntimeError as err:
-            raise ShiftlabError(f"cannot save the converted weights to {str(out)!r}: "
-                                f"{one_line(err)}") from None
+    # serialised in memory first: a full disk is then an OSError that atomic writing reports
+    state = converted.state_dict()
+    try:
+        if out.suffix == ".pt":
+            import torch
+            buffer = BytesIO()
+            # own contiguous copies, as weights_bytes makes for safetensors
+            torch.save({k: v.detach().clone().contiguous() for k, v in state.items()}, buffer)
+            data = buffer.getvalue()
+        else:
+            data = weights_bytes(state, {"model": args.model, "method": args.method,
+                                         "filter_size": str(args.filter_size), "padding": str(args.padding)})
+    except RuntimeError as err:
+        raise ShiftlabError(f"cannot save the converted weights to {str(out)!r}: "
+                            f"{one_line(err)}") from None
+    write_bytes_atomic(out, data)
     print(f"wrote {out} ({len(replaced)} layers converted by {args.method}; rebuild the model "
           "with shiftlab.convert before loading it)")
 

@@ -63,6 +63,7 @@ from .layers.padding import check_padding_mode
 METHODS = ("blurpool", "aps", "circular")
 SHORTCUT_NAMES = ("shortcut", "downsample")
 _UNSUPPORTED = (nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
+MAX_INPUT_VALUES = 1 << 24    # C·H·W of the size check's one input (64 MB in float32)
 
 
 def _where(name: str, module: nn.Module) -> str:
@@ -193,10 +194,22 @@ def _output_sizes(model: nn.Module, paths: list[str], example: torch.Tensor):
     return shapes, error
 
 
-def _check_sizes(before: nn.Module, after: nn.Module, replaced: list[str], input_shape) -> None:
-    shape = tuple(int(v) for v in input_shape)
+def check_input_shape(input_shape) -> tuple[int, int, int]:
+    """``(C, H, W)`` of positive sizes, small enough to run the model on once."""
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise ShiftlabError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+        raise ShiftlabError(f"input_shape must be (C, H, W) of positive sizes, got {input_shape!r}")
+    if shape[0] * shape[1] * shape[2] > MAX_INPUT_VALUES:
+        raise ShiftlabError(f"an input of {'x'.join(map(str, shape))} is too large to check the "
+                            f"converted model on (at most {MAX_INPUT_VALUES:,} values); give a smaller one")
+    return shape
+
+
+def _check_sizes(before: nn.Module, after: nn.Module, replaced: list[str], input_shape) -> None:
+    shape = check_input_shape(input_shape)
     param = next(iter(before.parameters()), None)
     example = torch.zeros(1, *shape, dtype=param.dtype if param is not None else torch.float32)
     text = "x".join(map(str, shape))
