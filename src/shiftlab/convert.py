@@ -4,18 +4,19 @@ or circular-padded, keeping its trained weights.
 ``convert`` walks ``model.named_modules()`` and replaces child modules by name:
 
 ============  ====================================  ======================================
-method        strided Conv2d (stride s)             MaxPool2d / AvgPool2d (stride s)
+method        strided Conv1d/2d (stride s)          MaxPool1d/2d / AvgPool1d/2d (stride s)
 ============  ====================================  ======================================
 blurpool      conv at stride 1 → BlurPool(s)        pool at stride 1 → BlurPool(s)
               (:class:`BlurConv`)                   (:class:`MaxBlurPool` for max-pools)
 aps           conv at stride 1 → APS(s)             circular 'same' pad → pool at stride 1
                                                     → APS(s)
 circular      ``padding_mode="circular"`` on every  pools with padding get a circular
-              conv with padding                     :class:`Pad2d` instead; BlurPool / APS
-                                                    blurs / Pad2d become circular
+              conv with padding                     :class:`Pad` instead; BlurPool / APS
+                                                    blurs / Pads become circular
 ============  ====================================  ======================================
 
-The stride-1 twin of a conv has the same weights, so ``blurpool`` with ``filter_size=1``
+Signals (``Conv1d``, ``MaxPool1d``, ``AvgPool1d``) and images convert alike, each
+layer to the fix of its own rank. The stride-1 twin of a conv has the same weights, so ``blurpool`` with ``filter_size=1``
 computes exactly the original function. Output sizes are kept (a stride-1 op followed by
 a stride-``s`` downsampler of ``ceil`` size has the strided op's ``floor`` size), except
 for pools under ``aps``, whose output is ``ceil(H/s)``: on odd sizes that is one more than
@@ -36,7 +37,7 @@ circularly shifted, so the logits change. The ``*-aps`` zoo models are built tha
 
 **Refused**, with the module's path and type: strided convs with dilation, pools with
 ``ceil_mode``, dilated or index-returning max-pools, unequal strides along H and W, and
-downsamplers it cannot rebuild (``LPPool2d``, ``FractionalMaxPool2d``, ``PixelUnshuffle``).
+downsamplers it cannot rebuild (``LPPool1d``/``2d``, ``FractionalMaxPool2d``, ``PixelUnshuffle``).
 Strided *functional* calls in a ``forward`` (``F.max_pool2d(x, 2)``) are invisible to it
 and stay as they are; adaptive pools are left alone.
 
@@ -49,20 +50,24 @@ and stay as they are; adaptive pools are left alone.
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from .errors import ShiftlabError, one_line
-from .layers import APS, APSShortcut, BlurConv, BlurPool, Downsampled, MaxBlurPool, Pad2d, same_padding
+from .layers import APS, APSShortcut, BlurConv, BlurPool, Downsampled, MaxBlurPool, Pad, same_padding
 from .layers.aps import check_norm
-from .layers.blurpool import at_stride_one, check_filter_size, equal_stride, pair
+from .layers.blurpool import at_stride_one, check_filter_size, equal_stride
 from .layers.padding import check_padding_mode
+from .shapes import module_rank, per_axis
 
 METHODS = ("blurpool", "aps", "circular")
 SHORTCUT_NAMES = ("shortcut", "downsample")
-_UNSUPPORTED = (nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
+_UNSUPPORTED = (nn.LPPool1d, nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
+_CONVS, _MAX_POOLS = (nn.Conv1d, nn.Conv2d), (nn.MaxPool1d, nn.MaxPool2d)
+_POOLS = _MAX_POOLS + (nn.AvgPool1d, nn.AvgPool2d)
 MAX_INPUT_VALUES = 1 << 24    # C·H·W of the size check's one input (64 MB in float32)
 
 
@@ -76,18 +81,19 @@ def _stride(name: str, m: nn.Module) -> int | None:
     if isinstance(m, _UNSUPPORTED):
         raise ShiftlabError(f"cannot convert {_where(name, m)}: no anti-aliased form of it; "
                             "replace it with a strided conv or pool first")
-    if not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+    if not isinstance(m, _CONVS + _POOLS):
         return None
     stride = equal_stride(m, f"cannot convert {_where(name, m)}")
     if stride == 1:
         return None
-    if isinstance(m, nn.Conv2d) and pair(m.dilation) != (1, 1):
+    d = module_rank(m)
+    if isinstance(m, _CONVS) and set(per_axis(m.dilation, d)) != {1}:
         raise ShiftlabError(f"cannot convert {_where(name, m)}: a strided conv with dilation "
                             f"{m.dilation} has no stride-1 twin here")
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and m.ceil_mode:
+    if isinstance(m, _POOLS) and m.ceil_mode:
         raise ShiftlabError(f"cannot convert {_where(name, m)}: ceil_mode=True changes the "
                             "output size; use ceil_mode=False")
-    if isinstance(m, nn.MaxPool2d) and (pair(m.dilation) != (1, 1) or m.return_indices):
+    if isinstance(m, _MAX_POOLS) and (set(per_axis(m.dilation, d)) != {1} or m.return_indices):
         raise ShiftlabError(f"cannot convert {_where(name, m)}: dilated or index-returning "
                             "max-pools are not supported")
     return stride
@@ -95,21 +101,22 @@ def _stride(name: str, m: nn.Module) -> int | None:
 
 def _blurred(m: nn.Module, stride: int, size: int, padding: str) -> nn.Module:
     """The BlurPool form of a strided conv or pool."""
-    if isinstance(m, nn.Conv2d):
+    d = module_rank(m)
+    if isinstance(m, _CONVS):
         return BlurConv(m, size, padding)
-    if isinstance(m, nn.MaxPool2d):
-        return MaxBlurPool(m.kernel_size, stride, size, padding, m.padding)
-    return Downsampled(at_stride_one(m), BlurPool(None, size, stride, padding))
+    if isinstance(m, _MAX_POOLS):
+        return MaxBlurPool(m.kernel_size, stride, size, padding, m.padding, dims=d)
+    return Downsampled(at_stride_one(m), BlurPool(None, size, stride, padding, dims=d))
 
 
 def _sampled(m: nn.Module, down: nn.Module) -> Downsampled:
     """The APS form: a conv at stride 1, or a pool at stride 1 with circular 'same' padding."""
     op = at_stride_one(m)
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, _CONVS):
         return Downsampled(op, down)
-    (top, bottom), (left, right) = (same_padding(k) for k in pair(m.kernel_size))
+    pads = tuple(p for k in per_axis(m.kernel_size, module_rank(m)) for p in same_padding(k))
     op.padding = 0
-    return Downsampled(op, down, Pad2d((top, bottom, left, right), "circular"))
+    return Downsampled(op, down, Pad(pads, "circular"))
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -149,18 +156,19 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
 
 def _make_circular(m: nn.Module) -> nn.Module | None:
     """The circular form of ``m`` (possibly ``m`` itself, changed), or ``None`` if unchanged."""
-    if isinstance(m, nn.Conv2d):
-        padded = m.padding == "same" or (m.padding != "valid" and any(pair(m.padding)))
+    if isinstance(m, _CONVS):
+        padded = m.padding == "same" or (m.padding != "valid" and any(per_axis(m.padding, module_rank(m))))
         if padded and m.padding_mode != "circular":
             m.padding_mode = "circular"
             return m
-    elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        py, px = pair(m.padding)
-        if py or px:
+    elif isinstance(m, _POOLS):
+        pads = per_axis(m.padding, module_rank(m))
+        if any(pads):
             pool = copy.deepcopy(m)
             pool.padding = 0
-            return nn.Sequential(OrderedDict(pad=Pad2d((py, py, px, px), "circular"), pool=pool))
-    elif isinstance(m, (BlurPool, Pad2d)):
+            return nn.Sequential(OrderedDict(pad=Pad(tuple(p for v in pads for p in (v, v)), "circular"),
+                                             pool=pool))
+    elif isinstance(m, (BlurPool, Pad)):
         attr = "padding" if isinstance(m, BlurPool) else "mode"
         if getattr(m, attr) != "circular":
             setattr(m, attr, "circular")
@@ -194,15 +202,15 @@ def _output_sizes(model: nn.Module, paths: list[str], example: torch.Tensor):
     return shapes, error
 
 
-def check_input_shape(input_shape) -> tuple[int, int, int]:
-    """``(C, H, W)`` of positive sizes, small enough to run the model on once."""
+def check_input_shape(input_shape) -> tuple[int, ...]:
+    """``(C, T)`` or ``(C, H, W)`` of positive sizes, small enough to run the model on once."""
     try:
         shape = tuple(int(v) for v in input_shape)
     except (TypeError, ValueError):
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ShiftlabError(f"input_shape must be (C, H, W) of positive sizes, got {input_shape!r}")
-    if shape[0] * shape[1] * shape[2] > MAX_INPUT_VALUES:
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ShiftlabError(f"input_shape must be (C, T) or (C, H, W) of positive sizes, got {input_shape!r}")
+    if math.prod(shape) > MAX_INPUT_VALUES:
         raise ShiftlabError(f"an input of {'x'.join(map(str, shape))} is too large to check the "
                             f"converted model on (at most {MAX_INPUT_VALUES:,} values); give a smaller one")
     return shape
@@ -242,7 +250,7 @@ def convert(model: nn.Module, method: str, *, filter_size: int | None = None,
         padding: the blur's padding; default ``reflect`` for ``blurpool`` (Zhang),
             ``circular`` for the APS pre-blur.
         norm: the APS norm, ``l2`` | ``l1`` | ``linf``.
-        input_shape: ``(C, H, W)``; if given, check that no replaced layer changes its
+        input_shape: ``(C, T)`` or ``(C, H, W)``; if given, check that no replaced layer changes its
             output size and the converted model runs.
     """
     if method not in METHODS:
@@ -277,7 +285,7 @@ def convert(model: nn.Module, method: str, *, filter_size: int | None = None,
                 new = _blurred(m, s, size, blur_padding)
             else:
                 down = APSShortcut(made[ties[name]]) if name in ties else \
-                    made.setdefault(name, APS(s, norm, size, blur_padding))
+                    made.setdefault(name, APS(s, norm, size, blur_padding, dims=module_rank(m)))
                 new = _sampled(m, down)
             model = _replace(model, name, new)
         replaced = list(strided)
