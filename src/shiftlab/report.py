@@ -132,8 +132,8 @@ def find_results(root: str | Path) -> ResultsFolder:
         if _embeddable(found, path):
             found.animations[_name(path, "animation-")] = path
     for path in _files(found, "explorer-*.json", "an explorer file"):
-        read_json(path, "explorer file")              # a folder, too deep or too big: one line
-        if _embeddable(found, path, image=False):
+        if _embeddable(found, path, image=False):     # embedded whole: capped like an image
+            read_json(path, "explorer file")          # not JSON, or nested too deeply: one line
             found.explorers[_name(path, "explorer-")] = load_explorer(path)
     for path in _files(found, "experiment-*.json", "an experiment result"):
         read_json(path, "experiment result")

@@ -177,7 +177,8 @@ class AuditResult:
             bad = next((k for k, v in enumerate(values) if v is not None and
                         ((low is not None and v < low) or (high is not None and v > high))), None)
             if bad is not None:
-                raise ShiftlabError(f"{where}[{bad}] = {values[bad]:g} is outside [{low}, {high}]")
+                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise ShiftlabError(f"{where}[{bad}] = {values[bad]:g} must be {bounds}")
 
         for k, item in enumerate(self.layers):
             where = f"layers[{k}]"
@@ -198,7 +199,7 @@ class AuditResult:
         for name in self.FRACTIONS:
             value = getattr(inv, name)
             if value is not None and not 0 <= value <= 1:
-                raise ShiftlabError(f"invariance.{name} = {value:g} is outside [0, 1]")
+                raise ShiftlabError(f"invariance.{name} = {value:g} must be in [0, 1]")
         radius, radial = inv.sensitivity_radius, inv.sensitivity_radial
         if (radius is None) != (radial is None) or (radius is not None and len(radius) != len(radial)):
             raise ShiftlabError("invariance.sensitivity_radius and sensitivity_radial must have "

@@ -44,13 +44,13 @@ def read_json(path: str | Path, what: str, *, max_bytes: int = MAX_JSON_BYTES) -
     if not path.exists():
         raise ShiftlabError(f"no such {what} file: {path}")
     if path.is_dir():
-        raise ShiftlabError(f"{path} is a folder, not a {what} file; remove or rename it")
+        raise ShiftlabError(f"{path} is a folder, not {_a(what)} file; remove or rename it")
     if not path.is_file():
-        raise ShiftlabError(f"{path} is not a regular file; a {what} must be a JSON file")
+        raise ShiftlabError(f"{path} is not a regular file; {_a(what)} must be a JSON file")
     size = path.stat().st_size
     if size > max_bytes:
-        raise ShiftlabError(f"{path} is {size / 1e6:.0f} MB, more than a {what} file may be "
-                            f"({max_bytes / 1e6:.0f} MB); re-create it")
+        raise ShiftlabError(f"{path} is {size / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB "
+                            f"limit for {what} files; re-create it")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except RecursionError:
@@ -163,6 +163,10 @@ def _shown(value: Any) -> str:
         return f"a list of {len(value)}"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def _join(where: str, key: str) -> str:

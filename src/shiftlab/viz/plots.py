@@ -288,7 +288,7 @@ def draw_layer_errors(results: Results):
                       label="exact comparison (the stride divides the shift); others: best alignment"),
                Patch(facecolor=NOT_COMPARED, edgecolor="#8c8c8c", hatch="////",
                      label="not comparable (nothing left to compare)")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=7)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(named) > 1 else 1, fontsize=7)
     return fig
 
 
