@@ -274,8 +274,9 @@ def _layers(found: ResultsFolder) -> list[dict]:
                 [l.name, l.kind, MISSING if l.stride is None else str(l.stride), "×".join(map(str, l.shape)),
                  _sci(l.error_exact), _sci(l.error_other), l.verdict(tol)] for l in result.layers]})
         blocks.append({"name": model, "protocols": list(protocols), "notes": notes, "tables": tables,
-                       "figure": _figure(draw_layer_errors, protocols,
-                                         f"{model}: relative error of every probed layer at every shift")})
+                       "figure": {**_figure(draw_layer_errors, protocols,
+                                            f"{model}: relative error of every probed layer at every shift"),
+                                  "caption": ""}})
     return blocks
 
 
@@ -300,7 +301,7 @@ def _experiments(found: ResultsFolder) -> list[dict]:
             if problem:
                 missing.append(f"Figure {name} is not shown: {problem}.")
             else:
-                images.append({"src": _file_uri(path), "caption": Path(name).stem, "alt": f"{exp.title}: {name}"})
+                images.append({"src": _file_uri(path), "caption": "", "alt": f"{exp.title}: {name}"})
         rows = [[cell(v) for v in r] for r in exp.rows]
         small = len(rows) <= SMALL_TABLE[0] and len(exp.columns) <= SMALL_TABLE[1]
         held = sum(exp.claims.values())
@@ -384,15 +385,13 @@ details summary { cursor:pointer; color:var(--navy); font-weight:600; font-size:
 .model { border-top:1px solid var(--line); margin-top:10px; }
 .model:first-of-type { border-top:none; }
 .gallery { display:grid; grid-template-columns:repeat(auto-fit, minmax(min(100%, 420px), 1fr)); gap:4px 18px; }
+.cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(min(100%, 470px), 1fr)); gap:4px 28px; align-items:start; }
 .experiment { border-top:1px solid var(--line); padding-top:2px; }
-.experiment .body { display:grid; grid-template-columns:minmax(0, 5fr) minmax(0, 7fr); gap:18px; align-items:start; }
-.experiment.wide .body { grid-template-columns:minmax(0, 1fr); }
-.experiment .body p { margin:2px 0 6px; font-size:14px; }
-.experiment .figures { display:flex; flex-wrap:wrap; gap:0 12px; }
-.experiment .figures img { cursor:zoom-in; max-height:360px; width:auto; }
-.experiment.wide .figures img { max-height:none; }
-.experiment.wide .figures img { cursor:zoom-out; }
-.experiment .figures figure { margin:4px 0 8px; }
+.experiment.wide { grid-column:1 / -1; }
+.experiment p { margin:2px 0 6px; font-size:14px; }
+.experiment .figures img { cursor:zoom-in; max-height:340px; width:auto; }
+.experiment.wide .figures img { max-height:none; cursor:zoom-out; }
+.experiment .figures figure { margin:4px 0 6px; }
 .claims { padding-left:0; margin:4px 0 6px; font-size:14px; }
 .claims li { list-style:none; margin:2px 0; padding-left:1.3em; text-indent:-1.3em; }
 .claims .ok { color:var(--ok); font-weight:700; } .claims .bad { color:var(--bad); font-weight:700; }
@@ -401,13 +400,13 @@ details summary { cursor:pointer; color:var(--navy); font-weight:600; font-size:
 .explorer h3 { margin-top:2px; }
 .controls { display:flex; gap:24px; flex-wrap:wrap; align-items:center; margin-bottom:8px; }
 .controls label { font-weight:600; font-size:14px; }
-.controls input[type=range] { width:200px; max-width:60vw; vertical-align:middle; }
+.controls input[type=range] { width:200px; max-width:45vw; vertical-align:middle; }
 .controls output { display:inline-block; min-width:2.6em; font-variant-numeric:tabular-nums; }
 .readout { font-size:14px; }
 .panels { display:flex; gap:12px; flex-wrap:wrap; align-items:flex-start; }
 .panel { text-align:center; font-size:12.5px; color:var(--muted); }
 .panel b { color:var(--ink); font-weight:600; }
-.panel img { width:150px; height:150px; image-rendering:pixelated; border:1px solid var(--line); background:#000; display:block; margin-top:4px; }
+.panel img { width:132px; height:132px; image-rendering:pixelated; border:1px solid var(--line); background:#000; display:block; margin-top:4px; }
 .bars { min-width:220px; font-size:12.5px; }
 .bar-row { display:flex; align-items:center; gap:6px; height:16px; margin:1px 0; }
 .bar-row .cls { width:1.6em; text-align:right; }
@@ -416,16 +415,13 @@ details summary { cursor:pointer; color:var(--navy); font-weight:600; font-size:
 .bar-row.top .fill { background:var(--accent); }
 .bar-row.true .cls { color:var(--ok); font-weight:700; }
 .bar-row .val { width:3.2em; text-align:right; color:var(--muted); font-variant-numeric:tabular-nums; }
-@media (max-width: 900px) {
-  .experiment .body { grid-template-columns:minmax(0, 1fr); }
-}
 @media (max-width: 600px) {
   header { padding:14px 14px 10px; } header h1 { font-size:20px; }
   nav { padding:6px 14px; } main { padding:4px 14px 30px; }
   .panel img { width:104px; height:104px; }
   .bars { min-width:0; width:100%; }
   figure.wide { overflow-x:auto; }
-  figure.wide img { max-width:none; width:720px; }
+  figure.wide img { max-width:720px; }
 }
 """
 
@@ -490,7 +486,7 @@ TEMPLATE = """<!DOCTYPE html>
   <a href="#overview">Overview</a><a href="#layers">Per layer</a><a href="#stability">Stability</a><a href="#animation">Animation</a><a href="#explorer">Explorer</a>{% if experiments %}<a href="#experiments">Experiments</a>{% endif %}
 </nav>
 <main>
-{% macro fig(f, kind="") %}{% if f.src %}<figure{% if kind %} class="{{ kind }}"{% endif %}><img src="{{ f.src }}" alt="{{ f.alt }}"><figcaption>{{ f.caption }}</figcaption></figure>{% else %}<p class="note">{{ f.note }}</p>{% endif %}{% endmacro %}
+{% macro fig(f, kind="") %}{% if f.src %}<figure{% if kind %} class="{{ kind }}"{% endif %}><img src="{{ f.src }}" alt="{{ f.alt }}">{% if f.caption %}<figcaption>{{ f.caption }}</figcaption>{% endif %}</figure>{% else %}<p class="note">{{ f.note }}</p>{% endif %}{% endmacro %}
 {% macro table(x) %}<table><tr>{% for c in x.columns %}<th>{{ c }}</th>{% endfor %}</tr>{% for r in x.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}
 <section id="overview">
   <h2>Overview</h2>
@@ -591,23 +587,21 @@ TEMPLATE = """<!DOCTYPE html>
   <h2>Experiments</h2>
   <p class="lead">Each experiment checks a claim about convolutions and shifts by running code; ✓ marks a claim the measurement upholds.
   Click a figure to see it at full width.</p>
+  <div class="cards">
   {% for x in experiments %}
   <div class="experiment" id="experiment-{{ x.name }}">
     <h3>{{ x.title }} {% if x.claims %}<span class="tally">· {{ x.held }} of {{ x.claims | length }} claims hold</span>{% endif %}</h3>
-    <div class="body">
-      <div class="text">
-        <p>{{ x.summary }}</p>
-        {% if x.claims %}<ul class="claims">{% for text, holds in x.claims %}<li>{% if holds %}<span class="ok">✓</span>{% else %}<span class="bad">✗ fails:</span>{% endif %} {{ text }}</li>{% endfor %}</ul>{% endif %}
-        {% if x.rows and x.small %}<div class="scroll">{{ table(x) }}</div>{% endif %}
-      </div>
-      <div class="figures">
-        {% for f in x.figures %}{{ fig(f) }}{% endfor %}
-        {% for m in x.missing %}<p class="note">{{ m }}</p>{% endfor %}
-      </div>
+    <div class="figures">
+      {% for f in x.figures %}{{ fig(f) }}{% endfor %}
+      {% for m in x.missing %}<p class="note">{{ m }}</p>{% endfor %}
     </div>
+    <p>{{ x.summary }}</p>
+    {% if x.claims %}<ul class="claims">{% for text, holds in x.claims %}<li>{% if holds %}<span class="ok">✓</span>{% else %}<span class="bad">✗ fails:</span>{% endif %} {{ text }}</li>{% endfor %}</ul>{% endif %}
+    {% if x.rows and x.small %}<div class="scroll">{{ table(x) }}</div>{% endif %}
     {% if x.rows and not x.small %}<details><summary>numbers ({{ x.rows | length }} rows)</summary><div class="scroll">{{ table(x) }}</div></details>{% endif %}
   </div>
   {% endfor %}
+  </div>
 </section>
 {% endif %}
 </main>

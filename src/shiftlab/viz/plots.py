@@ -202,7 +202,7 @@ def layer_error_grid(result: AuditResult, indices: list[int]) -> tuple[np.ndarra
 def _short_verdict(verdict: str) -> str:
     """A layer's verdict, short enough for the heatmap's right edge."""
     if "at multiples of" in verdict:
-        return verdict[verdict.index("at multiples of"):]
+        return "only " + verdict[verdict.index("at multiples of"):]
     return "skipped" if verdict.startswith("skipped") else verdict
 
 
