@@ -319,3 +319,63 @@ def test_fmt_formats_numbers_one_way():
     result = ExperimentResult(name="t", title="T", summary="s", columns=["name", "n"],
                               rows=[["alpha", 1.0], ["b", 22]])
     assert result.table() == text_table(result.rows, result.columns)
+
+
+# ----------------------------------------------------------------------------- issue 10: a report a person reads
+def _block(page: str, start: str, end: str = "</section>") -> str:
+    """The part of ``page`` from ``start`` to the next ``end``."""
+    head = page.index(start)
+    return page[head:page.index(end, head + len(start))]
+
+
+@pytest.mark.slow                      # uses the shared results folder
+def test_overview_has_one_headline_row_per_model_and_protocol(results, report):
+    import json
+    from shiftlab.fmt import pct
+    row = _block(report, "<tr><td>lenet-wolf</td>", "</tr>")
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    expected = ["lenet-wolf", "98.7 %"]
+    for protocol in ("canvas", "circular"):                        # protocols in name order
+        inv = json.loads((results / f"audit-lenet-wolf-{protocol}.json").read_text())["invariance"]
+        expected += [pct(inv["clean_accuracy"]), pct(inv["worst_case_accuracy"]), pct(inv["consistency"]),
+                     pct(inv["flip_rate"]), f"{inv['mean_abs_change']:.3f}"]
+    assert cells == expected
+    assert report.count("<tr><td>lenet-wolf</td>") == 1 and report.count("<tr><td>conv-maxpool</td>") == 1
+    head = _block(report, '<table class="headline">', "</table>")
+    assert "canvas shifts<small>shifts -2:2, 8 images</small>" in head and "10,000 test images" in head
+
+
+@pytest.mark.slow                      # uses the shared results folder
+def test_every_experiment_appears_with_its_figures(report):
+    for name, figures in (("bag-of-features", 1), ("template-matching", 1), ("toy", 1)):
+        card = _block(report, f'id="experiment-{name}"', '<div class="experiment"' if name != "toy" else "</section>")
+        assert card.count("<img ") == figures, name
+        assert "claims hold" in card
+
+
+def test_layers_that_do_not_fit_the_protocol_are_said_in_words(tmp_path):
+    """A layer 'not comparable' under a protocol, and per-shift errors that are None: the
+    report says so next to that model's heatmap, draws the heatmap and the table."""
+    import json
+    images = torch.rand(4, 1, 12, 12)
+    for name in ("wrapped", "plain"):
+        audit(create_model("conv-maxpool"), (images, torch.arange(4)), shifts="-1:1", name=name,
+              pairs=2).to_json(tmp_path / f"audit-{name}.json")
+    path = tmp_path / "audit-wrapped.json"
+    data = json.loads(path.read_text())
+    zero = data["shifts"].index([0.0, 0.0])
+    whole, part = data["layers"][3], data["layers"][4]
+    whole.update(comparison="not comparable", error_exact=None, error_other=None,
+                 note="not comparable: every position's receptive field wrapped",
+                 error=[0.0 if k == zero else None for k in range(9)])
+    part["error"][0] = None                                      # one shift had nothing to compare
+    path.write_text(json.dumps(data))
+    page = build_report(tmp_path, tmp_path / "r.html").read_text()
+    block = _block(page, "<h3>wrapped ")                         # models in name order: the last
+    assert (f"<b>{whole['name']}</b> (circular shifts): not comparable: every position&#39;s "
+            "receptive field wrapped") in block
+    assert f"<b>{part['name']}</b> (circular shifts): 1 of 9 shifts left nothing to compare (hatched cells)" in block
+    assert f"<td>{whole['name']}</td><td>{whole['kind']}</td>" in block and "<td>not comparable</td>" in block
+    assert block.count("<img ") == 1
+    plain = _block(page, "<h3>plain ", "<h3>wrapped ")
+    assert "<ul class=\"notes\">" not in plain and "not comparable" not in plain

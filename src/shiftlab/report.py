@@ -271,7 +271,7 @@ def _layers(found: ResultsFolder) -> list[dict]:
             notes += _layer_notes(protocol, result)
             tol = result.provenance.tolerance
             tables.append({"protocol": protocol, "tolerance": f"{tol:g}", "rows": [
-                [l.name, l.kind, MISSING if l.stride is None else str(l.stride), "×".join(map(str, l.shape)),
+                [l.name, l.kind, str(l.stride) if l.comparison == "equivariance" else MISSING, "×".join(map(str, l.shape)),
                  _sci(l.error_exact), _sci(l.error_other), l.verdict(tol)] for l in result.layers]})
         blocks.append({"name": model, "protocols": list(protocols), "notes": notes, "tables": tables,
                        "figure": {**_figure(draw_layer_errors, protocols,
