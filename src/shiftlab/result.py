@@ -244,4 +244,3 @@ class AuditResult:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
-
