@@ -1,6 +1,9 @@
 """The report in a real browser: headless Chromium (Debian ``chromium`` + ``chromium-driver``)
 opens it from disk. No console errors, every image loads, the explorer's sliders change
-the frame and the probabilities. The screenshot is kept in out/test-artifacts/report.png.
+the frame and the probabilities, a click widens an experiment's figure; the overview table
+fits a 1280 px page and scrolls inside its own box on a 390 px phone. Full-page screenshots
+at both widths are kept in out/test-artifacts/ (report-1280.png, report-390.png) with the
+page heights (report-heights.json), for a person to look at.
 
 ``make test`` installs chromium when it is missing and it can (root, apt); otherwise this
 test is skipped with the reason.
@@ -51,7 +54,7 @@ def _frame_state(driver):
 
 
 @pytest.mark.slow
-def test_report_in_headless_chromium(browser, report_file, tmp_path):  # noqa: F811
+def test_report_in_headless_chromium(browser, report_file):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -63,7 +66,7 @@ def test_report_in_headless_chromium(browser, report_file, tmp_path):  # noqa: F
         .filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
         .map(function (i) { return i.alt; });""")
     assert broken == []
-    assert browser.execute_script("return document.images.length") >= 11
+    assert browser.execute_script("return document.images.length") == 14
 
     before = _frame_state(browser)
     assert before["readout"].startswith("shift dy 0, dx 0")
@@ -79,12 +82,52 @@ def test_report_in_headless_chromium(browser, report_file, tmp_path):  # noqa: F
     assert "dx 2" in after["readout"]
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
 
-    # the whole page, for a person to look at
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1280, min(int(height) + 100, 12000))
-    browser.execute_script("window.scrollTo(0, 0);")
-    shot = tmp_path / "report.png"
-    assert browser.save_screenshot(str(shot))
+    widen = browser.find_element(By.CSS_SELECTOR, ".experiment .figures img")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", widen)
+    widen.click()                                      # a click shows the figure at full width
+    assert "wide" in widen.find_element(By.XPATH, "./ancestor::div[contains(@class, 'experiment')]") \
+        .get_attribute("class")
+
+
+def _layout(driver) -> dict:
+    return driver.execute_script("""
+        var box = document.querySelector('table.headline').parentElement;
+        var cells = box.querySelectorAll('th, td'), right = 0;
+        for (var i = 0; i < cells.length; i++) { right = Math.max(right, cells[i].getBoundingClientRect().right); }
+        return {height: document.documentElement.scrollHeight, page: document.documentElement.scrollWidth,
+                box: box.clientWidth, table: box.scrollWidth, right: right, boxRight: box.getBoundingClientRect().right,
+                viewport: window.innerWidth};""")
+
+
+def _full_page(driver, width: int, path: Path) -> dict:
+    """Lay the page out ``width`` px wide (a phone below 500 px), screenshot all of it."""
+    metrics = {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 500}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    driver.refresh()
+    layout = _layout(driver)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": min(layout["height"], 16000)})
+    driver.execute_script("window.scrollTo(0, 0);")
+    assert driver.save_screenshot(str(path))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    return layout
+
+
+@pytest.mark.slow
+def test_report_fits_a_laptop_and_a_phone(browser, report_file):  # noqa: F811
+    import json
+    from PIL import Image
+    browser.get(report_file.as_uri())
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, ARTEFACTS / "report.png")
-    assert shot.stat().st_size > 20_000
+    wide = _full_page(browser, 1280, ARTEFACTS / "report-1280.png")
+    phone = _full_page(browser, 390, ARTEFACTS / "report-390.png")
+    (ARTEFACTS / "report-heights.json").write_text(json.dumps({"1280": wide, "390": phone}, indent=1) + "\n")
+    # 1280 px: the whole overview table is on the page, no column cut off, nothing scrolls sideways
+    assert wide["page"] <= 1280 and wide["table"] <= wide["box"] and wide["right"] <= wide["boxRight"] + 1
+    # 390 px: the page itself does not scroll sideways; the table scrolls inside its own box
+    assert phone["viewport"] == 390 and phone["page"] <= 390
+    assert phone["table"] > phone["box"]
+    # short: two models under two protocols, three experiments, one animation and explorer
+    assert wide["height"] < 7000, wide
+    for width in (1280, 390):
+        with Image.open(ARTEFACTS / f"report-{width}.png") as shot:
+            assert shot.size[0] == width and shot.size[1] >= min(phone["height"] if width == 390 else wide["height"], 16000) - 1

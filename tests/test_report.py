@@ -33,20 +33,27 @@ def tiny_digit() -> torch.Tensor:
 
 
 def make_results(folder: Path) -> Path:
-    """A small results folder with every part the report reads (untrained models, seconds)."""
-    torch.manual_seed(0)
-    images = torch.rand(8, 1, 16, 16) * (torch.rand(8, 1, 16, 16) > 0.7)
-    labels = torch.arange(8) % 10
-    for name in ("conv-circular", "conv-maxpool"):
+    """A results folder with every part the report reads, the way the demo lays it out:
+    untrained models audited on 8 real MNIST digits under two protocols, a training record,
+    an animation, an explorer, two real experiments (quick) and a toy one (seconds)."""
+    from shiftlab.data import load_data
+    from shiftlab.experiments import run_experiment
+    x, y = load_data("mnist", split="test", seed=0)
+    images, labels = x[:8], y[:8]
+    for name, protocols in (("lenet-wolf", ("circular", "canvas")), ("conv-maxpool", ("circular",))):
         model = create_model(name)
-        audit(model, (images, labels), shifts="-2:2", name=name, pairs=2).to_json(folder / f"audit-{name}.json")
-    models = folder / "models" / "conv-maxpool"
-    write_text_atomic(models / "train.json", '{"config": {}, "test_accuracy": 0.987}\n')
+        for protocol in protocols:
+            audit(model, (images, labels), protocol=protocol, shifts="-2:2", name=name, pairs=2) \
+                .to_json(folder / f"audit-{name}-{protocol}.json")
+    models = folder / "models" / "lenet-wolf"
+    write_text_atomic(models / "train.json", '{"config": {}, "test_accuracy": 0.987, "test_images": 10000}\n')
     lenet = create_model("lenet-wolf", input_size=CANVAS).eval()
     digit = tiny_digit()
     animate(lenet, digit, folder / "animation-lenet-wolf.gif", canvas=CANVAS, label=3, title="lenet-wolf")
     save_explorer(explorer_frames(lenet, digit, canvas=CANVAS, radius=2, label=3, title="lenet-wolf"),
                   folder, "lenet-wolf")
+    for name in ("bag-of-features", "template-matching"):
+        run_experiment(name, folder, quick=True, log=lambda *_: None)
     fig, ax = new_figure()
     ax.plot([0, 1], [1, 0])
     save_figure(fig, folder, "exp-line")
@@ -113,9 +120,9 @@ def test_report_is_valid_self_contained_html(report):
     parser.close()
     assert parser.errors == [] and parser.stack == []
     assert len(parser.ids) == len(set(parser.ids))
-    # animation, 2 layer figures, model bars, stability, heatmap, sensitivity, explorer
-    # (input + 3 maps), one experiment figure
-    assert len(parser.images) >= 11
+    # model bars, 2 layer heatmaps, stability, accuracy map, sensitivity, animation,
+    # explorer (input + 3 maps), 3 experiment figures
+    assert len(parser.images) == 14
     for src in parser.images:
         head, _, payload = src.partition(",")
         assert head in ("data:image/png;base64", "data:image/gif;base64"), head[:40]
@@ -127,12 +134,13 @@ def test_report_is_valid_self_contained_html(report):
 @pytest.mark.slow                      # builds the shared results folder once
 def test_report_has_a_section_per_thing_found(report):
     for heading in ("Overview", "Per-layer equivariance", "Stability of the prediction",
-                    "Feature maps of a sliding digit", "Shift explorer", "A toy experiment"):
+                    "Feature maps of a sliding digit", "Shift explorer", "A toy experiment",
+                    "Bag of features", "Template matching"):
         assert heading in report
-    assert "98.7 %" in report                                  # conv-maxpool's test accuracy
-    assert "conv-circular" in report and "conv-maxpool" in report
-    assert "✓ holds" in report and "the line goes down" in report
-    assert "gone.png is listed but missing" in report
+    assert "98.7 %" in report and "10,000 test images" in report       # lenet-wolf's record
+    assert "lenet-wolf" in report and "conv-maxpool" in report
+    assert "1 of 1 claims hold" in report and "the line goes down" in report
+    assert "Figure gone.png is not shown: it is missing." in report
     assert "&lt;b&gt;going down&lt;/b&gt;" in report           # summaries are escaped
 
 
@@ -159,10 +167,11 @@ def test_report_bad_input(tmp_path):
 @pytest.mark.slow                      # builds the shared results folder once
 def test_find_results_reads_the_layout(results):
     found = find_results(results)
-    assert set(found.audits) == {"conv-circular", "conv-maxpool"}
-    assert found.test_accuracy == {"conv-maxpool": 0.987}
+    assert set(found.audits) == {"lenet-wolf-circular", "lenet-wolf-canvas", "conv-maxpool-circular"}
+    assert found.test_accuracy == {"lenet-wolf": 0.987} and found.test_images == {"lenet-wolf": 10000}
     assert list(found.animations) == ["lenet-wolf"] and list(found.explorers) == ["lenet-wolf"]
-    assert [e.name for e in found.experiments] == ["toy"]
+    assert [e.name for e in found.experiments] == ["bag-of-features", "template-matching", "toy"]
+    assert found.left_out == []
 
 
 def test_report_cli(tmp_path):
@@ -266,7 +275,7 @@ def test_experiment_load_checks_types(tmp_path, field, value, problem):
 def test_malformed_audit_error_names_the_file(tmp_path):
     from shiftlab.result import SCHEMA
     (tmp_path / "audit-odd.json").write_text(f'{{"schema": "{SCHEMA}", "layers": 5}}')
-    with pytest.raises(ShiftlabError, match=r"audit-odd\.json: audit result is incomplete"):
+    with pytest.raises(ShiftlabError, match=r"audit-odd\.json: audit result is malformed: provenance is missing"):
         build_report(tmp_path, tmp_path / "r.html")
     (tmp_path / "audit-odd.json").write_text('["a list"]')
     with pytest.raises(ShiftlabError, match=r"audit-odd\.json: not a shiftlab audit result"):
@@ -287,7 +296,7 @@ def test_experiment_figures_must_stay_inside_the_results_folder(tmp_path):
                 for src in re.findall(r'src="(data:image/png;base64,[^"]+)"', text)]
     assert embedded == [(results / "inside.png").read_bytes()]
     for name in (str(outside), "../secret.png", "link.png"):
-        assert f"Figure {name} is listed but missing" in text
+        assert f"Figure {name} is not shown: it points outside the results folder." in text
 
 
 def test_report_cli_checks_the_output_before_drawing(tmp_path):
@@ -310,3 +319,63 @@ def test_fmt_formats_numbers_one_way():
     result = ExperimentResult(name="t", title="T", summary="s", columns=["name", "n"],
                               rows=[["alpha", 1.0], ["b", 22]])
     assert result.table() == text_table(result.rows, result.columns)
+
+
+# ----------------------------------------------------------------------------- issue 10: a report a person reads
+def _block(page: str, start: str, end: str = "</section>") -> str:
+    """The part of ``page`` from ``start`` to the next ``end``."""
+    head = page.index(start)
+    return page[head:page.index(end, head + len(start))]
+
+
+@pytest.mark.slow                      # uses the shared results folder
+def test_overview_has_one_headline_row_per_model_and_protocol(results, report):
+    import json
+    from shiftlab.fmt import pct
+    row = _block(report, "<tr><td>lenet-wolf</td>", "</tr>")
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    expected = ["lenet-wolf", "98.7 %"]
+    for protocol in ("canvas", "circular"):                        # protocols in name order
+        inv = json.loads((results / f"audit-lenet-wolf-{protocol}.json").read_text())["invariance"]
+        expected += [pct(inv["clean_accuracy"]), pct(inv["worst_case_accuracy"]), pct(inv["consistency"]),
+                     pct(inv["flip_rate"]), f"{inv['mean_abs_change']:.3f}"]
+    assert cells == expected
+    assert report.count("<tr><td>lenet-wolf</td>") == 1 and report.count("<tr><td>conv-maxpool</td>") == 1
+    head = _block(report, '<table class="headline">', "</table>")
+    assert "canvas shifts<small>shifts -2:2, 8 images</small>" in head and "10,000 test images" in head
+
+
+@pytest.mark.slow                      # uses the shared results folder
+def test_every_experiment_appears_with_its_figures(report):
+    for name, figures in (("bag-of-features", 1), ("template-matching", 1), ("toy", 1)):
+        card = _block(report, f'id="experiment-{name}"', '<div class="experiment"' if name != "toy" else "</section>")
+        assert card.count("<img ") == figures, name
+        assert "claims hold" in card
+
+
+def test_layers_that_do_not_fit_the_protocol_are_said_in_words(tmp_path):
+    """A layer 'not comparable' under a protocol, and per-shift errors that are None: the
+    report says so next to that model's heatmap, draws the heatmap and the table."""
+    import json
+    images = torch.rand(4, 1, 12, 12)
+    for name in ("wrapped", "plain"):
+        audit(create_model("conv-maxpool"), (images, torch.arange(4)), shifts="-1:1", name=name,
+              pairs=2).to_json(tmp_path / f"audit-{name}.json")
+    path = tmp_path / "audit-wrapped.json"
+    data = json.loads(path.read_text())
+    zero = data["shifts"].index([0.0, 0.0])
+    whole, part = data["layers"][3], data["layers"][4]
+    whole.update(comparison="not comparable", error_exact=None, error_other=None,
+                 note="not comparable: every position's receptive field wrapped",
+                 error=[0.0 if k == zero else None for k in range(9)])
+    part["error"][0] = None                                      # one shift had nothing to compare
+    path.write_text(json.dumps(data))
+    page = build_report(tmp_path, tmp_path / "r.html").read_text()
+    block = _block(page, "<h3>wrapped ")                         # models in name order: the last
+    assert (f"<b>{whole['name']}</b> (circular shifts): not comparable: every position&#39;s "
+            "receptive field wrapped") in block
+    assert f"<b>{part['name']}</b> (circular shifts): 1 of 9 shifts left nothing to compare (hatched cells)" in block
+    assert f"<td>{whole['name']}</td><td>{whole['kind']}</td>" in block and "<td>not comparable</td>" in block
+    assert block.count("<img ") == 1
+    plain = _block(page, "<h3>plain ", "<h3>wrapped ")
+    assert "<ul class=\"notes\">" not in plain and "not comparable" not in plain

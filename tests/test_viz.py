@@ -151,7 +151,7 @@ def _check_written(paths, min_kb=8):
     assert [p.suffix for p in paths] == [".png", ".svg"]
     with Image.open(paths[0]) as image:
         image.load()
-        assert image.size[0] > 300 and image.size[1] > 200
+        assert image.size[0] > 150 and image.size[1] > 100
     assert paths[0].stat().st_size > min_kb * 1000
     assert paths[1].read_text().lstrip().startswith("<?xml")
 
@@ -183,11 +183,101 @@ def test_figures_bad_input(audits, tmp_path):
         plots.plot_stability({"x": unlabelled}, tmp_path, "s")
     listed = audit(create_model("conv-circular"), (torch.rand(2, 1, 8, 8), torch.tensor([0, 1])),
                    shifts="0,0;1,1", pairs=0)
-    with pytest.raises(ShiftlabError, match="not a grid"):
+    with pytest.raises(ShiftlabError, match="not a 2-D grid"):
         plots.plot_accuracy_heatmap(listed, tmp_path, "h")
     with pytest.raises(ShiftlabError, match="AuditResult"):
         plots.plot_model_bars({}, tmp_path, "b")
     assert not list(tmp_path.iterdir())                                   # nothing half-written
+    import matplotlib.pyplot as plt
+    assert plt.get_fignums() == []                                        # nor left open
+
+
+def _with_gaps(result):
+    """A copy of ``result`` as the audit writes it for a layer that does not fit the protocol:
+    one layer not comparable (every non-zero shift None), one with a few None shifts."""
+    import copy
+    result = copy.deepcopy(result)
+    whole, part = result.layers[0], result.layers[1]
+    zero = result.shifts.index([0.0, 0.0])
+    whole.comparison, whole.note = "not comparable", "not comparable: every receptive field wrapped"
+    whole.error = [0.0 if k == zero else None for k in range(len(result.shifts))]
+    whole.error_exact = whole.error_other = None
+    part.error = [None if max(map(abs, s)) == 2 else e for s, e in zip(result.shifts, part.error)]
+    return result
+
+
+def test_heatmap_columns_walk_dx_then_dy(audits):
+    result = audits["conv-maxpool"]
+    indices, labels, groups = plots.heatmap_columns(result)
+    assert [result.shifts[k] for k in indices] == \
+        [[0.0, float(d)] for d in range(-2, 3)] + [[float(d), 0.0] for d in range(-2, 3)]
+    assert labels == ["-2", "-1", "0", "1", "2"] * 2
+    assert groups == [("dx (dy = 0)", 0, 4), ("dy (dx = 0)", 5, 9)]
+    listed = audit(create_model("conv-circular"), torch.rand(2, 1, 8, 8), shifts="1,1;0,2", pairs=0)
+    assert plots.heatmap_columns(listed) == ([0, 1], ["1,1", "0,2"], [("shift (dy, dx)", 0, 1)])
+    row = audit(create_model("conv-circular"), torch.rand(2, 1, 8, 8), shifts="x=-1:1", pairs=0)
+    assert plots.heatmap_columns(row)[2] == [("dx (dy = 0)", 0, 2)]       # no dy line to walk
+
+
+def test_layer_error_grid_keeps_gaps_and_marks_exact_comparisons(audits):
+    result = _with_gaps(audits["conv-maxpool"])
+    indices, _, _ = plots.heatmap_columns(result)
+    grid, exact = plots.layer_error_grid(result, indices)
+    assert grid.shape == exact.shape == (len(result.layers), 10)
+    assert np.isnan(grid[0]).sum() == 8 and grid[0, 2] == grid[0, 7] == plots.ERROR_RANGE[0] - 1
+    assert np.isnan(grid[1]).tolist() == [True, False, False, False, True] * 2
+    for i, layer in enumerate(result.layers[1:], 1):
+        for j, k in enumerate(indices):
+            if layer.error[k] is not None:
+                assert exact[i, j] == (layer.alignment[k] == "exact")
+                assert grid[i, j] == pytest.approx(np.log10(max(layer.error[k], 1e-8)))
+    spatial = [i for i, l in enumerate(result.layers) if i >= 2 and l.comparison == "equivariance"]
+    assert spatial and exact[spatial][:, [2, 7]].all()     # the zero shift is exact on every map
+
+
+def _grey_pixels(png: bytes) -> int:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+    return int((pixels == (217, 217, 217)).all(axis=1).sum())
+
+
+def test_not_comparable_cells_are_drawn_grey_and_figures_write_nothing(audits, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from shiftlab.viz.figure import figure_png
+    monkeypatch.chdir(tmp_path)
+    open_before = plt.get_fignums()
+    plain = figure_png(plots.draw_layer_errors(audits["conv-maxpool"]))
+    gaps = figure_png(plots.draw_layer_errors(_with_gaps(audits["conv-maxpool"])))
+    assert plain.startswith(b"\x89PNG") and gaps.startswith(b"\x89PNG")
+    assert _grey_pixels(gaps) > _grey_pixels(plain) + 500       # 12 hatched cells, beyond the legend's
+    assert list(tmp_path.iterdir()) == [] and plt.get_fignums() == open_before
+
+
+def test_by_model_puts_each_protocol_of_a_model_in_one_row(audits):
+    import copy
+    canvas = copy.deepcopy(audits["conv-maxpool"])
+    canvas.provenance.protocol = "canvas"
+    again = copy.deepcopy(audits["conv-maxpool"])
+    table = plots.by_model({"b-circ": audits["conv-maxpool"], "b-canvas": canvas,
+                            "a": audits["conv-circular"], "b-again": again})
+    assert list(table) == ["b-again", "conv-circular", "conv-maxpool"]   # a repeat keeps its name
+    assert list(table["conv-maxpool"]) == ["canvas", "circular"]
+    assert plots.by_protocol(table["conv-maxpool"]) == {"canvas": {"conv-maxpool": canvas},
+                                                         "circular": {"conv-maxpool": audits["conv-maxpool"]}}
+
+
+def test_model_bars_show_every_value_and_na_for_unlabelled(audits):
+    import matplotlib.pyplot as plt
+    unlabelled = audit(create_model("conv-circular"), torch.rand(4, 1, 16, 16), shifts="-1:1", pairs=2,
+                       name="blind")
+    fig = plots.draw_model_bars({"m": audits["conv-maxpool"], "u": unlabelled})
+    texts = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+    inv = audits["conv-maxpool"].invariance
+    expected = (inv.clean_accuracy, inv.worst_case_accuracy, inv.consistency, inv.flip_rate)
+    for labels, value in zip(texts, expected):
+        assert f"{value:.1%}" in labels
+    assert "n/a" in texts[0] and "n/a" in texts[1]                     # no labels: no accuracy
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["blind", "conv-maxpool"]
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- review fixes

@@ -1,29 +1,33 @@
 """The HTML report: one self-contained file a person opens first (``shiftlab report DIR``).
 
-It only reads saved results; it never runs a model. Everything is embedded (images as
-base64 data URIs, inline CSS and JS, no network), so the file opens from disk anywhere.
+It only reads saved results; it never runs a model, and it writes nothing but the HTML file
+(figures are drawn in memory and embedded), so a read-only results folder works. Everything
+is embedded (images as base64 data URIs, inline CSS and JS, no network), so the file opens
+from disk anywhere.
 
 The results folder it reads (every part optional; a section per thing found, and a
 polite note for what is missing)::
 
-    DIR/audit-NAME.json          AuditResult.to_json: one per audit (NAME labels it; one model
-                                 may have several, e.g. audit-lenet-wolf-circular.json; its
-                                 training record is found by the audit's provenance.model)
+    DIR/audit-NAME.json          AuditResult.to_json: one per audit (NAME labels it; a model is
+                                 its provenance.model, and the demo writes one per protocol,
+                                 e.g. audit-lenet-wolf-circular.json)
     DIR/models/NAME/train.json   training record of model NAME (its test accuracy)
     DIR/animation-NAME.gif       shiftlab.viz.animate output (Wolf's sliding digit)
     DIR/explorer-NAME.json       shiftlab.viz.explorer.save_explorer output (the slider)
     DIR/experiment-NAME.json     ExperimentResult.save: title, summary, table, claims,
                                  figures (PNG paths relative to DIR)
 
-The report draws its figures from the audits into ``DIR/figures/`` (PNG, kept as artefacts) with :mod:`shiftlab.viz.plots`:
+Every file must lie inside DIR once symlinks are resolved (one check, :func:`inside`): one
+that points elsewhere is left out with a note, and so is an image too large to embed
+(:data:`MAX_EMBED_BYTES`) or not of the type its name says. A file the report needs but
+cannot read (a folder, wrongly typed JSON, JSON nested too deeply) is a one-line
+:class:`ShiftlabError` before anything is written.
 
-    report-model-bars            consistency / flip rate / accuracy per model
-    report-layers-NAME           per-layer equivariance error against shift
-    report-stability-PROTOCOL    true-class probability and accuracy against shift
-    report-heatmap-PROTOCOL      accuracy over the 2-D shift grid
-    report-sensitivity-PROTOCOL  translation-sensitivity maps and radial curves
-
-Audits are compared on one plot only when they used the same shift protocol.
+The figures (:mod:`shiftlab.viz.plots`): the headline numbers as bars; per model, a
+layer × shift heatmap of the equivariance error with one panel per protocol; accuracy and
+true-class probability against the shift, accuracy over the 2-D grid and the
+translation-sensitivity maps, a row per protocol (audits share an axis only when they used
+the same protocol).
 """
 from __future__ import annotations
 
@@ -31,15 +35,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .errors import ShiftlabError
 from .experiments.base import ExperimentResult
 from .fmt import MISSING, cell, pct
 from .io import write_text_atomic
 from .result import AuditResult
+from .typed_json import read_json
 
-__all__ = ["build_report", "find_results", "ResultsFolder"]
+__all__ = ["build_report", "find_results", "ResultsFolder", "inside", "MAX_EMBED_BYTES"]
+
+MAX_EMBED_BYTES = 20_000_000          # the largest image or explorer file the page embeds
+IMAGE_TYPES = {".png": ("image/png", b"\x89PNG\r\n\x1a\n"), ".gif": ("image/gif", b"GIF8"),
+               ".jpg": ("image/jpeg", b"\xff\xd8\xff"), ".jpeg": ("image/jpeg", b"\xff\xd8\xff")}
+SMALL_TABLE = (5, 5)                  # experiment tables up to this many rows, columns show open
 
 
 @dataclass
@@ -49,9 +57,11 @@ class ResultsFolder:
     root: Path
     audits: dict[str, AuditResult] = field(default_factory=dict)
     test_accuracy: dict[str, float] = field(default_factory=dict)
+    test_images: dict[str, int] = field(default_factory=dict)
     animations: dict[str, Path] = field(default_factory=dict)
     explorers: dict[str, dict] = field(default_factory=dict)
     experiments: list[ExperimentResult] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)      # files not shown, and why
 
     @property
     def empty(self) -> bool:
@@ -59,8 +69,46 @@ class ResultsFolder:
                     or self.experiments)
 
 
+def inside(root: Path, name: str | Path) -> Path | None:
+    """``root/name`` resolved, if it stays inside ``root`` once ``..`` and symlinks are
+    followed; else None. Every file the report reads or embeds passes this one check."""
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    return path if path.is_relative_to(base) else None
+
+
 def _name(path: Path, prefix: str) -> str:
     return path.stem[len(prefix):] or path.stem
+
+
+def _files(found: ResultsFolder, pattern: str, what: str) -> list[Path]:
+    """The files matching ``pattern`` that stay inside the folder (the rest are noted)."""
+    kept = []
+    for path in sorted(found.root.glob(pattern)):
+        shown = path.relative_to(found.root)
+        if inside(found.root, shown) is None:
+            found.left_out.append(f"{shown} is not shown: it points outside the results folder")
+        elif path.is_dir():
+            raise ShiftlabError(f"{path} is a folder, not {what}; remove or rename it")
+        else:
+            kept.append(path)
+    return kept
+
+
+def _read_train_record(path: Path) -> tuple[float | None, int | None]:
+    """``(test_accuracy, test_images)`` of a training record; None where it has none."""
+    record = read_json(path, "training record")
+    if not isinstance(record, dict):
+        raise ShiftlabError(f"{path} is not a training record (expected a JSON object); re-run the training")
+    accuracy, images = record.get("test_accuracy"), record.get("test_images")
+    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))
+                                 or not 0 <= accuracy <= 1):
+        raise ShiftlabError(f"{path}: test_accuracy must be a number in [0, 1] or null, got "
+                            f"{json.dumps(accuracy)[:40]}; re-run the training")
+    if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 0):
+        raise ShiftlabError(f"{path}: test_images must be a non-negative integer, got "
+                            f"{json.dumps(images)[:40]}; re-run the training")
+    return (None if accuracy is None else float(accuracy)), images
 
 
 def find_results(root: str | Path) -> ResultsFolder:
@@ -72,123 +120,175 @@ def find_results(root: str | Path) -> ResultsFolder:
         raise ShiftlabError(f"results folder {str(root)!r} does not exist; run `make demo` or "
                             "`shiftlab audit ... --out DIR/audit-NAME.json` first")
     found = ResultsFolder(root)
-    for path in sorted(root.glob("audit-*.json")):
-        try:
-            found.audits[_name(path, "audit-")] = AuditResult.from_json(path)
-        except ShiftlabError as err:                       # name the file the error is about
-            raise ShiftlabError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
-    for path in sorted(root.glob("models/*/train.json")):
-        try:
-            accuracy = json.loads(path.read_text()).get("test_accuracy")
-        except (OSError, ValueError, AttributeError):
-            raise ShiftlabError(f"{path} is not a readable training record; re-run the training") from None
-        if isinstance(accuracy, (int, float)):
-            found.test_accuracy[path.parent.name] = float(accuracy)
-    for path in sorted(root.glob("animation-*.gif")):
-        found.animations[_name(path, "animation-")] = path
-    for path in sorted(root.glob("explorer-*.json")):
-        found.explorers[_name(path, "explorer-")] = load_explorer(path)
-    for path in sorted(root.glob("experiment-*.json")):
+    for path in _files(found, "audit-*.json", "an audit result"):
+        found.audits[_name(path, "audit-")] = AuditResult.from_json(path)
+    for path in _files(found, "models/*/train.json", "a training record"):
+        accuracy, images = _read_train_record(path)
+        if accuracy is not None:
+            found.test_accuracy[path.parent.name] = accuracy
+            if images:
+                found.test_images[path.parent.name] = images
+    for path in _files(found, "animation-*.gif", "an animation"):
+        if _embeddable(found, path):
+            found.animations[_name(path, "animation-")] = path
+    for path in _files(found, "explorer-*.json", "an explorer file"):
+        if _embeddable(found, path, image=False):     # embedded whole: capped like an image
+            read_json(path, "explorer file")          # not JSON, or nested too deeply: one line
+            found.explorers[_name(path, "explorer-")] = load_explorer(path)
+    for path in _files(found, "experiment-*.json", "an experiment result"):
+        read_json(path, "experiment result")
         found.experiments.append(ExperimentResult.load(path))
     return found
 
 
+def _embeddable(found: ResultsFolder, path: Path, *, image: bool = True) -> bool:
+    """Whether ``path`` (inside the folder) may be embedded: a regular file of at most
+    :data:`MAX_EMBED_BYTES` whose first bytes match its image type; notes why not."""
+    shown = path.relative_to(found.root) if path.is_relative_to(found.root) else path
+    reason = _embed_problem(path, image)
+    if reason:
+        found.left_out.append(f"{shown} is not shown: {reason}")
+    return reason is None
+
+
+def _embed_problem(path: Path, image: bool) -> str | None:
+    if not path.is_file():
+        return "it is missing" if not path.exists() else "it is not a regular file"
+    size = path.stat().st_size
+    if size > MAX_EMBED_BYTES:
+        return f"it is {size / 1e6:.0f} MB, more than the report embeds ({MAX_EMBED_BYTES / 1e6:.0f} MB)"
+    if image:
+        kind = IMAGE_TYPES.get(path.suffix.lower())
+        if kind is None:
+            return f"{path.suffix or 'no suffix'} is not an image type the report embeds (PNG, GIF, JPEG)"
+        with open(path, "rb") as handle:
+            if not handle.read(len(kind[1])).startswith(kind[1]):
+                return f"it is not a {path.suffix[1:].upper()} file"
+    return None
+
+
 # ----------------------------------------------------------------------------- helpers
-MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-        ".svg": "image/svg+xml"}
-
-
 def _file_uri(path: Path) -> str:
-    """An image file embedded as a data URI (type from its suffix)."""
+    """An image file embedded as a data URI (type from its suffix; checked by _embed_problem)."""
     from .viz.explorer import data_uri
-    return data_uri(path.read_bytes(), MIME.get(path.suffix.lower(), "application/octet-stream"))
+    return data_uri(path.read_bytes(), IMAGE_TYPES[path.suffix.lower()][0])
 
 
 def _sci(value) -> str:
-    return MISSING if value is None else f"{value:.2e}"
+    return MISSING if value is None else f"{value:.1e}"
 
 
-def _inside(root: Path, name: str) -> Path | None:
-    """``root/name`` if it is a file inside ``root`` (no absolute paths, no ``..`` escapes)."""
-    base = root.resolve()
-    path = (base / name).resolve()
-    return path if path.is_relative_to(base) and path.is_file() else None
-
-
-def _by_protocol(audits: dict[str, AuditResult]) -> dict[str, dict[str, AuditResult]]:
-    groups: dict[str, dict[str, AuditResult]] = {}
-    for name, result in audits.items():
-        groups.setdefault(result.provenance.protocol, {})[name] = result
-    return groups
-
-
-def _figure(make, results, folder: Path, stem: str, caption: str) -> dict:
-    """Draw one figure; a figure the data cannot support becomes a note instead."""
+def _figure(draw, results, caption: str) -> dict:
+    """Draw one figure in memory; a figure the data cannot support becomes a note instead."""
+    from .viz.explorer import data_uri
+    from .viz.figure import figure_png
     try:
-        png = make(results, folder, stem, formats=("png",))[0]
+        png = figure_png(draw(results))
     except ShiftlabError as err:
-        return {"note": f"{caption}: not drawn ({err})"}
-    return {"src": _file_uri(png), "caption": caption, "alt": caption}
+        return {"src": None, "note": f"{caption}: not drawn ({err})", "caption": caption, "alt": caption}
+    return {"src": data_uri(png, "image/png"), "note": None, "caption": caption, "alt": caption}
+
+
+def _common(values) -> str | None:
+    values = set(values)
+    return values.pop() if len(values) == 1 else None
 
 
 # ----------------------------------------------------------------------------- sections
-def _overview(found: ResultsFolder, figures: Path) -> dict:
-    from .viz.plots import plot_model_bars
+HEADLINE = (("clean", "clean_accuracy", pct), ("worst-case", "worst_case_accuracy", pct),
+            ("consistency", "consistency", pct), ("flip rate", "flip_rate", pct),
+            ("MAC", "mean_abs_change", lambda v: MISSING if v is None else f"{v:.3f}"))
 
+
+def _overview(found: ResultsFolder) -> dict:
+    """One headline row per model: test accuracy, then per protocol that ran the clean and
+    worst-case accuracy, consistency, flip rate and MAC."""
+    from .viz.plots import by_model, draw_model_bars
+
+    table = by_model(found.audits) if found.audits else {}
+    protocols = sorted({p for row in table.values() for p in row})
+    groups = []
+    for protocol in protocols:
+        results = [row[protocol] for row in table.values() if protocol in row]
+        spec = _common(r.provenance.shifts for r in results)
+        images = _common(r.provenance.n_images for r in results)
+        detail = ", ".join(filter(None, [spec and f"shifts {spec}", images and f"{images} images"]))
+        groups.append({"protocol": protocol, "detail": detail})
     rows = []
-    for name, result in found.audits.items():
-        inv, p = result.invariance, result.provenance
-        mean_acc = None if not inv.accuracy else float(np.mean(inv.accuracy))
-        accuracy = found.test_accuracy.get(name, found.test_accuracy.get(p.model))
-        rows.append([name, f"{p.protocol} {p.shifts}", pct(accuracy),
-                     pct(inv.clean_accuracy), pct(mean_acc), pct(inv.worst_case_accuracy),
-                     pct(inv.consistency), pct(inv.flip_rate)])
-    audited = set(found.audits) | {r.provenance.model for r in found.audits.values()}
-    for name, accuracy in found.test_accuracy.items():            # trained, not audited
-        if name not in audited:
-            rows.append([name, "not audited", pct(accuracy)] + [MISSING] * 5)
+    for model, row in table.items():
+        cells = []
+        for protocol in protocols:
+            inv = row[protocol].invariance if protocol in row else None
+            cells += [MISSING if inv is None else show(getattr(inv, key)) for _, key, show in HEADLINE]
+        rows.append({"model": model, "test": pct(found.test_accuracy.get(model)), "cells": cells})
+    for model, accuracy in found.test_accuracy.items():            # trained, not audited
+        if model not in table:
+            rows.append({"model": model, "test": pct(accuracy),
+                         "cells": [MISSING] * len(HEADLINE) * len(protocols)})
     notes = []
     if not found.audits:
         notes.append("No audit results were found (audit-NAME.json), so there are no stability "
                      "numbers yet; run `shiftlab audit --model NAME --out DIR/audit-NAME.json`.")
+    elif any(r.invariance.clean_accuracy is None for r in found.audits.values()):
+        notes.append("Accuracies are blank (–) for audits of unlabelled data, such as audit's "
+                     "default synthetic:256; audit labelled data (e.g. --data mnist) to get them.")
     if found.audits and not found.test_accuracy:
-        notes.append("No training records were found (models/NAME/train.json), so the MNIST test "
+        notes.append("No training records were found (models/NAME/train.json), so the test "
                      "accuracy column is empty.")
-    figure = _figure(plot_model_bars, found.audits, figures, "report-model-bars",
-                     "Consistency, flip rate and accuracy per model") if found.audits else None
-    return {"columns": ["model", "shifts", "test accuracy", "clean accuracy", "mean accuracy over shifts",
-                        "worst-case accuracy", "consistency", "flip rate"],
-            "rows": rows, "notes": notes, "figure": figure}
+    images = _common(found.test_images.values())
+    figure = _figure(draw_model_bars, found.audits, "Headline numbers per model and protocol") \
+        if found.audits else None
+    return {"groups": groups, "metrics": [h[0] for h in HEADLINE], "rows": rows, "notes": notes,
+            "test_detail": f"{images:,} test images" if images else "", "figure": figure}
 
 
-def _layers(found: ResultsFolder, figures: Path) -> list[dict]:
-    from .viz.plots import plot_layer_errors
+def _layer_notes(protocol: str, result: AuditResult) -> list[dict]:
+    """Sentences on how the layers were compared under ``protocol``: each layer's note (layers
+    with the same note share a sentence), not-comparable layers and shifts with nothing to
+    compare."""
+    by_note: dict[str, list[str]] = {}
+    for layer in result.layers:
+        text = layer.note
+        if text is None and layer.comparison == "not comparable":
+            text = "not comparable: no shift left a position to compare"
+        elif text is None and any(e is None for e in layer.error):
+            missing = sum(e is None for e in layer.error)
+            text = f"{missing} of {len(layer.error)} shifts left nothing to compare (hatched cells)"
+        if text:
+            by_note.setdefault(text, []).append(layer.name)
+    return [{"protocol": protocol, "layers": ", ".join(names), "text": text} for text, names in by_note.items()]
+
+
+def _layers(found: ResultsFolder) -> list[dict]:
+    """Per model: the layer × shift heatmap (a panel per protocol), the notes in words and
+    the per-layer numbers."""
+    from .viz.plots import by_model, draw_layer_errors
 
     blocks = []
-    for name, result in found.audits.items():
-        tol = result.provenance.tolerance
-        rows = [[l.name, l.kind, "–" if l.comparison != "equivariance" else str(l.stride),
-                 "×".join(map(str, l.shape)), _sci(l.error_exact), _sci(l.error_other), l.verdict(tol)]
-                for l in result.layers]
-        blocks.append({"name": name, "protocol": result.provenance.protocol, "rows": rows,
-                       "figure": _figure(plot_layer_errors, result, figures, f"report-layers-{name}",
-                                         f"{name}: per-layer error against shift")})
+    for model, protocols in (by_model(found.audits) if found.audits else {}).items():
+        notes, tables = [], []
+        for protocol, result in protocols.items():
+            notes += _layer_notes(protocol, result)
+            tol = result.provenance.tolerance
+            tables.append({"protocol": protocol, "tolerance": f"{tol:g}", "rows": [
+                [l.name, l.kind, str(l.stride) if l.comparison == "equivariance" else MISSING, "×".join(map(str, l.shape)),
+                 _sci(l.error_exact), _sci(l.error_other), l.verdict(tol)] for l in result.layers]})
+        blocks.append({"name": model, "protocols": list(protocols), "notes": notes, "tables": tables,
+                       "figure": {**_figure(draw_layer_errors, protocols,
+                                            f"{model}: relative error of every probed layer at every shift"),
+                                  "caption": ""}})
     return blocks
 
 
-def _stability(found: ResultsFolder, figures: Path) -> list[dict]:
-    from .viz.plots import plot_accuracy_heatmap, plot_sensitivity, plot_stability
+def _stability(found: ResultsFolder) -> list[dict]:
+    from .viz.plots import draw_accuracy_heatmap, draw_sensitivity, draw_stability
 
-    groups = []
-    for protocol, audits in _by_protocol(found.audits).items():
-        groups.append({"protocol": protocol, "figures": [
-            _figure(plot_stability, audits, figures, f"report-stability-{protocol}",
-                    f"True-class probability and accuracy against shift ({protocol})"),
-            _figure(plot_accuracy_heatmap, audits, figures, f"report-heatmap-{protocol}",
-                    f"Accuracy over the 2-D shift grid ({protocol})"),
-            _figure(plot_sensitivity, audits, figures, f"report-sensitivity-{protocol}",
-                    f"Translation-sensitivity maps and radial averages ({protocol})")]})
-    return groups
+    if not found.audits:
+        return []
+    return [_figure(draw_stability, found.audits, "True-class probability and accuracy against the shift"),
+            _figure(draw_accuracy_heatmap, found.audits, "Accuracy over the 2-D shift grid"),
+            _figure(draw_sensitivity, found.audits, "Translation-sensitivity maps and radial averages "
+                                                    "(Kauderer-Abrams 2017)")]
 
 
 def _experiments(found: ResultsFolder) -> list[dict]:
@@ -196,14 +296,18 @@ def _experiments(found: ResultsFolder) -> list[dict]:
     for exp in found.experiments:
         images, missing = [], []
         for name in exp.figures:
-            path = _inside(found.root, name)
-            if path is not None:
-                images.append({"src": _file_uri(path), "caption": Path(name).stem, "alt": f"{exp.title}: {name}"})
+            path = inside(found.root, name)
+            problem = "it points outside the results folder" if path is None else _embed_problem(path, True)
+            if problem:
+                missing.append(f"Figure {name} is not shown: {problem}.")
             else:
-                missing.append(name)
+                images.append({"src": _file_uri(path), "caption": "", "alt": f"{exp.title}: {name}"})
+        rows = [[cell(v) for v in r] for r in exp.rows]
+        small = len(rows) <= SMALL_TABLE[0] and len(exp.columns) <= SMALL_TABLE[1]
+        held = sum(exp.claims.values())
         out.append({"name": exp.name, "title": exp.title, "summary": exp.summary,
-                    "columns": exp.columns, "rows": [[cell(v) for v in r] for r in exp.rows],
-                    "claims": list(exp.claims.items()), "figures": images, "missing": missing})
+                    "columns": exp.columns, "rows": rows, "small": small,
+                    "claims": list(exp.claims.items()), "held": held, "figures": images, "missing": missing})
     return out
 
 
@@ -214,26 +318,24 @@ def _explorer_json(data: dict) -> str:
 
 
 def build_report(results_dir: str | Path, out_html: str | Path, *, title: str = "shiftlab report") -> Path:
-    """Render the results in ``results_dir`` as one self-contained HTML file (atomic write).
-
-    Figures are drawn into ``results_dir/figures``; returns the HTML path.
-    """
+    """Render the results in ``results_dir`` as one self-contained HTML file (atomic write);
+    return its path. Nothing else is written."""
     import jinja2
 
     found = find_results(results_dir)
     if found.empty:
         raise ShiftlabError(f"found nothing to report in {str(found.root)!r}: expected audit-*.json, "
                             "models/*/train.json, animation-*.gif, explorer-*.json or experiment-*.json")
-    figures = found.root / "figures"
     context = {
         "title": title,
         "root": str(found.root),
-        "overview": _overview(found, figures),
-        "layers": _layers(found, figures),
-        "stability": _stability(found, figures),
+        "overview": _overview(found),
+        "layers": _layers(found),
+        "stability": _stability(found),
         "animations": [{"name": n, "src": _file_uri(p)} for n, p in found.animations.items()],
         "explorers": [{"name": n, "data": d, "json": _explorer_json(d)} for n, d in found.explorers.items()],
         "experiments": _experiments(found),
+        "left_out": found.left_out,
     }
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
@@ -247,43 +349,65 @@ def build_report(results_dir: str | Path, out_html: str | Path, *, title: str = 
 
 # ----------------------------------------------------------------------------- page
 CSS = """
-:root { --ink:#1f2328; --muted:#5d6670; --line:#d8dde3; --soft:#f5f7f9; --accent:#ee7733; --ok:#228833; --bad:#cc3344; }
+:root { --ink:#1f2328; --muted:#5d6670; --line:#d8dde3; --soft:#f5f7f9; --accent:#ee7733; --ok:#228833; --bad:#cc3344; --navy:#23395b; }
 * { box-sizing: border-box; }
-body { margin:0; font:15px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--ink); background:#fff; }
-header { background:#23395b; color:#fff; padding:22px 32px 18px; }
-header h1 { margin:0 0 4px; font-size:26px; }
-header p { margin:0; color:#c9d4e3; }
-nav { position:sticky; top:0; z-index:5; background:#fff; border-bottom:1px solid var(--line); padding:8px 32px; }
-nav a { margin-right:18px; color:#23395b; text-decoration:none; font-weight:600; font-size:14px; }
+body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--ink); background:#fff; }
+header { background:var(--navy); color:#fff; padding:18px 32px 14px; }
+header h1 { margin:0 0 2px; font-size:24px; }
+header p { margin:0; color:#c9d4e3; font-size:14px; overflow-wrap:anywhere; }
+nav { position:sticky; top:0; z-index:5; background:#fff; border-bottom:1px solid var(--line); padding:7px 32px;
+      white-space:nowrap; overflow-x:auto; }
+nav a { margin-right:18px; color:var(--navy); text-decoration:none; font-weight:600; font-size:14px; }
 nav a:hover { text-decoration:underline; }
-main { max-width:1180px; margin:0 auto; padding:8px 32px 60px; }
-section { border-bottom:1px solid var(--line); padding:18px 0 26px; }
-h2 { font-size:21px; margin:10px 0 8px; }
-h3 { font-size:16px; margin:22px 0 6px; }
-p.lead { max-width:860px; margin:4px 0 12px; }
-p.note { color:var(--muted); font-style:italic; margin:6px 0; }
-table { border-collapse:collapse; margin:10px 0 14px; font-size:13.5px; }
-th, td { padding:5px 10px; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
+main { max-width:1180px; margin:0 auto; padding:4px 32px 40px; }
+section { border-bottom:1px solid var(--line); padding:12px 0 18px; }
+h2 { font-size:20px; margin:8px 0 6px; }
+h3 { font-size:16px; margin:16px 0 4px; }
+p.lead { max-width:900px; margin:2px 0 8px; }
+p.note, li.note { color:var(--muted); font-style:italic; margin:4px 0; }
+ul.notes { margin:4px 0 6px; padding-left:20px; font-size:13.5px; }
+ul.notes li { margin:2px 0; }
+table { border-collapse:collapse; margin:6px 0 8px; font-size:13.5px; }
+th, td { padding:4px 8px; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
 th { background:var(--soft); font-weight:600; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; }
-.scroll { overflow-x:auto; }
-figure { margin:12px 0 18px; }
-figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; }
-figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
-details summary { cursor:pointer; color:#23395b; font-weight:600; font-size:14px; }
-.claims li { list-style:none; margin:3px 0; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+th.group { text-align:center; border-left:2px solid #fff; }
+td.first-of-group, th.first-of-group { border-left:2px solid var(--line); }
+.scroll { overflow-x:auto; max-width:100%; }
+.scroll th:first-child, .scroll td:first-child { position:sticky; left:0; background:#fff; z-index:1; }
+.scroll th:first-child { background:var(--soft); }
+table.headline th small { display:block; font-weight:400; color:var(--muted); }
+figure { margin:8px 0 12px; }
+figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; display:block; }
+figcaption { color:var(--muted); font-size:13px; margin-top:3px; }
+details { margin:4px 0 8px; }
+details summary { cursor:pointer; color:var(--navy); font-weight:600; font-size:14px; }
+.model { border-top:1px solid var(--line); margin-top:10px; }
+.model:first-of-type { border-top:none; }
+.gallery { display:grid; grid-template-columns:repeat(auto-fit, minmax(min(100%, 420px), 1fr)); gap:4px 18px; }
+.cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(min(100%, 470px), 1fr)); gap:4px 28px; align-items:start; }
+.experiment { border-top:1px solid var(--line); padding-top:2px; }
+.experiment.wide { grid-column:1 / -1; }
+.experiment p { margin:2px 0 6px; font-size:14px; }
+.experiment .figures img { cursor:zoom-in; max-height:340px; width:auto; }
+.experiment.wide .figures img { max-height:none; cursor:zoom-out; }
+.experiment .figures figure { margin:4px 0 6px; }
+.claims { padding-left:0; margin:4px 0 6px; font-size:14px; }
+.claims li { list-style:none; margin:2px 0; padding-left:1.3em; text-indent:-1.3em; }
 .claims .ok { color:var(--ok); font-weight:700; } .claims .bad { color:var(--bad); font-weight:700; }
-.explorer { border:1px solid var(--line); border-radius:6px; padding:14px 18px; margin:14px 0; background:var(--soft); }
-.controls { display:flex; gap:28px; flex-wrap:wrap; align-items:center; margin-bottom:10px; }
+.tally { font-weight:400; color:var(--muted); font-size:14px; }
+.explorer { border:1px solid var(--line); border-radius:6px; padding:10px 16px; margin:10px 0; background:var(--soft); }
+.explorer h3 { margin-top:2px; }
+.controls { display:flex; gap:24px; flex-wrap:wrap; align-items:center; margin-bottom:8px; }
 .controls label { font-weight:600; font-size:14px; }
-.controls input[type=range] { width:220px; vertical-align:middle; }
+.controls input[type=range] { width:200px; max-width:45vw; vertical-align:middle; }
 .controls output { display:inline-block; min-width:2.6em; font-variant-numeric:tabular-nums; }
 .readout { font-size:14px; }
-.panels { display:flex; gap:14px; flex-wrap:wrap; align-items:flex-start; }
+.panels { display:flex; gap:12px; flex-wrap:wrap; align-items:flex-start; }
 .panel { text-align:center; font-size:12.5px; color:var(--muted); }
 .panel b { color:var(--ink); font-weight:600; }
-.panel img { width:170px; height:170px; image-rendering:pixelated; border:1px solid var(--line); background:#000; display:block; margin-top:4px; }
-.bars { min-width:230px; font-size:12.5px; }
+.panel img { width:132px; height:132px; image-rendering:pixelated; border:1px solid var(--line); background:#000; display:block; margin-top:4px; }
+.bars { min-width:220px; font-size:12.5px; }
 .bar-row { display:flex; align-items:center; gap:6px; height:16px; margin:1px 0; }
 .bar-row .cls { width:1.6em; text-align:right; }
 .bar-row .track { flex:1; background:#e6e9ed; height:11px; border-radius:2px; position:relative; }
@@ -291,6 +415,14 @@ details summary { cursor:pointer; color:#23395b; font-weight:600; font-size:14px
 .bar-row.top .fill { background:var(--accent); }
 .bar-row.true .cls { color:var(--ok); font-weight:700; }
 .bar-row .val { width:3.2em; text-align:right; color:var(--muted); font-variant-numeric:tabular-nums; }
+@media (max-width: 600px) {
+  header { padding:14px 14px 10px; } header h1 { font-size:20px; }
+  nav { padding:6px 14px; } main { padding:4px 14px 30px; }
+  .panel img { width:104px; height:104px; }
+  .bars { min-width:0; width:100%; }
+  figure.wide { overflow-x:auto; }
+  figure.wide img { max-width:720px; }
+}
 """
 
 SCRIPT = """
@@ -328,6 +460,12 @@ SCRIPT = """
   }
   var boxes = document.querySelectorAll('.explorer');
   for (var i = 0; i < boxes.length; i++) { setup(boxes[i]); }
+  var figures = document.querySelectorAll('.experiment .figures img');
+  for (var j = 0; j < figures.length; j++) {          // click a figure: full width and back
+    figures[j].addEventListener('click', function (event) {
+      event.target.closest('.experiment').classList.toggle('wide');
+    });
+  }
 })();
 """
 
@@ -342,59 +480,67 @@ TEMPLATE = """<!DOCTYPE html>
 <body>
 <header>
   <h1>{{ title }}</h1>
-  <p>How these models respond when their input moves: layer by layer, at the output, and over a grid of shifts. Results read from <code>{{ root }}</code>.</p>
+  <p>How these models respond when their input moves: layer by layer, at the output, and over a grid of shifts. Read from <code>{{ root }}</code>.</p>
 </header>
 <nav>
-  <a href="#overview">Overview</a><a href="#layers">Per-layer equivariance</a><a href="#stability">Stability</a>
-  <a href="#animation">Animation</a><a href="#explorer">Shift explorer</a>{% if experiments %}<a href="#experiments">Experiments</a>{% endif %}
+  <a href="#overview">Overview</a><a href="#layers">Per layer</a><a href="#stability">Stability</a><a href="#animation">Animation</a><a href="#explorer">Explorer</a>{% if experiments %}<a href="#experiments">Experiments</a>{% endif %}
 </nav>
 <main>
-{% macro fig(f) %}{% if f.src %}<figure><img src="{{ f.src }}" alt="{{ f.alt }}"><figcaption>{{ f.caption }}</figcaption></figure>{% else %}<p class="note">{{ f.note }}</p>{% endif %}{% endmacro %}
+{% macro fig(f, kind="") %}{% if f.src %}<figure{% if kind %} class="{{ kind }}"{% endif %}><img src="{{ f.src }}" alt="{{ f.alt }}">{% if f.caption %}<figcaption>{{ f.caption }}</figcaption>{% endif %}</figure>{% else %}<p class="note">{{ f.note }}</p>{% endif %}{% endmacro %}
+{% macro table(x) %}<table><tr>{% for c in x.columns %}<th>{{ c }}</th>{% endfor %}</tr>{% for r in x.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}
 <section id="overview">
   <h2>Overview</h2>
-  <p class="lead">shiftlab moved every test image over a grid of shifts and recorded each model's prediction at every shift.
-  <em>Consistency</em> is how often two random shifts of the same image get the same label; the <em>flip rate</em> is how often
-  the label changes after a one-pixel step; <em>worst-case accuracy</em> counts an image as correct only if it is correct at every shift.
-  A model can be accurate on centred digits and still fail on most of them somewhere on the grid: that gap is what this report is about.</p>
+  <p class="lead">Each model saw every test image at every shift of a grid. <em>Clean</em>: accuracy on the unshifted images;
+  <em>worst-case</em>: an image counts as correct only if it is correct at every shift; <em>consistency</em>: how often two random shifts
+  of an image get the same label; <em>flip rate</em>: how often the label changes after a one-pixel step; <em>MAC</em>: the mean absolute change
+  of the probability of the earlier step's class over such a step (Azulay &amp; Weiss 2019). The gap between clean and worst-case accuracy is what this report is about.</p>
   {% for note in overview.notes %}<p class="note">{{ note }}</p>{% endfor %}
   {% if overview.rows %}
-  <div class="scroll"><table>
-    <tr>{% for c in overview.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-    {% for row in overview.rows %}<tr><td>{{ row[0] }}</td><td>{{ row[1] }}</td>{% for v in row[2:] %}<td class="num">{{ v }}</td>{% endfor %}</tr>
+  <div class="scroll"><table class="headline">
+    <tr><th rowspan="2">model</th><th rowspan="2" class="num">test accuracy{% if overview.test_detail %}<small>{{ overview.test_detail }}</small>{% endif %}</th>
+      {% for g in overview.groups %}<th class="group first-of-group" colspan="{{ overview.metrics | length }}">{{ g.protocol }} shifts{% if g.detail %}<small>{{ g.detail }}</small>{% endif %}</th>{% endfor %}</tr>
+    <tr>{% for g in overview.groups %}{% for m in overview.metrics %}<th class="num{% if loop.first %} first-of-group{% endif %}">{{ m }}</th>{% endfor %}{% endfor %}</tr>
+    {% for row in overview.rows %}<tr><td>{{ row.model }}</td><td class="num">{{ row.test }}</td>{% for v in row.cells %}<td class="num{% if loop.index0 % (overview.metrics | length) == 0 %} first-of-group{% endif %}">{{ v }}</td>{% endfor %}</tr>
     {% endfor %}
   </table></div>
   {% endif %}
-  {% if overview.figure %}{{ fig(overview.figure) }}{% endif %}
+  {% if overview.figure %}{{ fig(overview.figure, "wide") }}{% endif %}
+  {% if left_out %}<ul class="notes">{% for n in left_out %}<li class="note">{{ n }}</li>{% endfor %}</ul>{% endif %}
 </section>
 
 <section id="layers">
   <h2>Per-layer equivariance</h2>
-  <p class="lead">For each layer, the error is how far its feature map of the shifted image is from its feature map of the original image,
-  shifted by the same amount divided by the layer's stride (relative L2 over the region both maps cover). Zero means the layer is exactly equivariant.
-  A layer of stride S can only follow shifts that S divides, so after a stride or a pool the error comes and goes with period S: filled markers are exact comparisons,
-  hollow ones the best integer alignment.</p>
+  <p class="lead">Each row is a layer, each column a shift of the input. The colour is the relative error between the layer's map of the shifted image
+  and its map of the original shifted by the same amount divided by the layer's stride: dark is exact, bright is far off. A layer of stride S can only follow
+  shifts that S divides (dotted cells); after a stride or a pool the error comes and goes with period S. Hatched grey cells had nothing to compare.
+  On the right, each layer's verdict.</p>
   {% if not layers %}<p class="note">No audit results were found, so there are no per-layer errors to show.</p>{% endif %}
   {% for block in layers %}
-  <h3>{{ block.name }} <small>({{ block.protocol }} shifts)</small></h3>
-  {{ fig(block.figure) }}
-  <details><summary>per-layer table</summary><div class="scroll"><table>
-    <tr><th>layer</th><th>type</th><th>stride</th><th>shape</th><th>err exact</th><th>err other</th><th>verdict</th></tr>
-    {% for r in block.rows %}<tr><td>{{ r[0] }}</td><td>{{ r[1] }}</td><td class="num">{{ r[2] }}</td><td>{{ r[3] }}</td><td class="num">{{ r[4] }}</td><td class="num">{{ r[5] }}</td><td>{{ r[6] }}</td></tr>
+  <div class="model">
+  <h3>{{ block.name }} <small>({{ block.protocols | join(", ") }} shifts)</small></h3>
+  {{ fig(block.figure, "wide") }}
+  {% if block.notes %}<ul class="notes">{% for n in block.notes %}<li><b>{{ n.layers }}</b> ({{ n.protocol }} shifts): {{ n.text }}</li>{% endfor %}</ul>{% endif %}
+  <details><summary>per-layer numbers</summary>
+    {% for t in block.tables %}<div class="scroll"><table>
+    <tr><th>layer ({{ t.protocol }})</th><th>type</th><th class="num">stride</th><th>shape</th><th class="num">error, exact shifts</th><th class="num">error, other shifts</th><th>verdict (tolerance {{ t.tolerance }})</th></tr>
+    {% for r in t.rows %}<tr><td>{{ r[0] }}</td><td>{{ r[1] }}</td><td class="num">{{ r[2] }}</td><td>{{ r[3] }}</td><td class="num">{{ r[4] }}</td><td class="num">{{ r[5] }}</td><td>{{ r[6] }}</td></tr>
     {% endfor %}
-  </table></div></details>
+    </table></div>{% endfor %}
+  </details>
+  </div>
   {% endfor %}
 </section>
 
 <section id="stability">
   <h2>Stability of the prediction</h2>
-  <p class="lead">The curves follow the probability of the true class as the image moves horizontally; the heatmaps show accuracy at every (dx, dy) of the grid,
-  and the sensitivity maps how far the output moves away from the output for the unshifted image (Kauderer-Abrams 2017).
-  A shift-invariant model has flat curves, a uniform heatmap and a sensitivity near zero; bumps with a period equal to the stride are aliasing.</p>
+  <p class="lead">The curves follow the probability of the true class and the accuracy as the image moves along dx; the maps show accuracy at every (dx, dy)
+  and how far the output moves from the output for the unshifted image (Kauderer-Abrams 2017).
+  A shift-invariant model has flat curves, uniform accuracy maps and a sensitivity near zero; a pattern with the period of the stride is aliasing.</p>
   {% if not stability %}<p class="note">No audit results were found, so there are no stability curves to show.</p>{% endif %}
-  {% for group in stability %}
-  {% if stability | length > 1 %}<h3>{{ group.protocol }} shifts</h3>{% endif %}
-  {% for f in group.figures %}{{ fig(f) }}{% endfor %}
-  {% endfor %}
+  {% if stability %}{{ fig(stability[0], "wide") }}
+  <details><summary>2-D maps: accuracy and sensitivity at every (dx, dy)</summary>
+  {% for f in stability[1:] %}{{ fig(f, "wide") }}{% endfor %}
+  </details>{% endif %}
 </section>
 
 <section id="animation">
@@ -403,7 +549,9 @@ TEMPLATE = """<!DOCTYPE html>
   and lit by the activation strength. The <em>stabilised</em> row shifts each map back by the shift divided by the layer's stride:
   it stands still where the layer is equivariant and flickers where it is not.</p>
   {% if not animations %}<p class="note">No animation was found (animation-NAME.gif); make one with <code>shiftlab animate --model lenet-wolf --out DIR/animation-lenet-wolf.gif</code>.</p>{% endif %}
+  <div class="gallery">
   {% for a in animations %}<figure><img src="{{ a.src }}" alt="sliding-digit animation of {{ a.name }}"><figcaption>{{ a.name }}</figcaption></figure>{% endfor %}
+  </div>
 </section>
 
 <section id="explorer">
@@ -437,18 +585,23 @@ TEMPLATE = """<!DOCTYPE html>
 {% if experiments %}
 <section id="experiments">
   <h2>Experiments</h2>
-  <p class="lead">Each experiment checks one claim about convolutions and shifts by running code; the claims below are measured, not assumed.</p>
+  <p class="lead">Each experiment checks a claim about convolutions and shifts by running code; ✓ marks a claim the measurement upholds.
+  Click a figure to see it at full width.</p>
+  <div class="cards">
   {% for x in experiments %}
-  <h3 id="experiment-{{ x.name }}">{{ x.title }}</h3>
-  <p class="lead">{{ x.summary }}</p>
-  {% if x.claims %}<ul class="claims">{% for text, holds in x.claims %}<li>{% if holds %}<span class="ok">✓ holds</span>{% else %}<span class="bad">✗ fails</span>{% endif %} {{ text }}</li>{% endfor %}</ul>{% endif %}
-  {% if x.rows %}<div class="scroll"><table>
-    <tr>{% for c in x.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-    {% for r in x.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}
-  </table></div>{% endif %}
-  {% for f in x.figures %}{{ fig(f) }}{% endfor %}
-  {% for m in x.missing %}<p class="note">Figure {{ m }} is listed but missing from the results folder.</p>{% endfor %}
+  <div class="experiment" id="experiment-{{ x.name }}">
+    <h3>{{ x.title }} {% if x.claims %}<span class="tally">· {{ x.held }} of {{ x.claims | length }} claims hold</span>{% endif %}</h3>
+    <div class="figures">
+      {% for f in x.figures %}{{ fig(f) }}{% endfor %}
+      {% for m in x.missing %}<p class="note">{{ m }}</p>{% endfor %}
+    </div>
+    <p>{{ x.summary }}</p>
+    {% if x.claims %}<ul class="claims">{% for text, holds in x.claims %}<li>{% if holds %}<span class="ok">✓</span>{% else %}<span class="bad">✗ fails:</span>{% endif %} {{ text }}</li>{% endfor %}</ul>{% endif %}
+    {% if x.rows and x.small %}<div class="scroll">{{ table(x) }}</div>{% endif %}
+    {% if x.rows and not x.small %}<details><summary>numbers ({{ x.rows | length }} rows)</summary><div class="scroll">{{ table(x) }}</div></details>{% endif %}
+  </div>
   {% endfor %}
+  </div>
 </section>
 {% endif %}
 </main>

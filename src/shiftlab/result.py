@@ -130,26 +130,83 @@ class AuditResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AuditResult":
+        """An AuditResult from its JSON form (:meth:`to_dict`), every field checked.
+
+        Types follow the dataclass annotations (:func:`shiftlab.typed_json.build`); per-shift
+        lists must have one value per shift, fractions lie in [0, 1], errors are >= 0. A problem
+        raises :class:`ShiftlabError` naming the field, e.g. ``layers[2].error has 80 values,
+        expected one per shift (81)``.
+        """
+        from .typed_json import build
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ShiftlabError(f"not a shiftlab audit result (expected schema {SCHEMA!r})")
         try:
-            body = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-            body["provenance"] = Provenance(**body["provenance"])
-            body["layers"] = [LayerResult(**item) for item in body["layers"]]
-            body["invariance"] = InvarianceResult(**body["invariance"])
-            return cls(**body)
-        except (KeyError, TypeError) as err:
-            raise ShiftlabError(f"audit result is incomplete or malformed ({err})") from None
+            result = build(cls, {k: v for k, v in data.items() if k != "schema"})
+            result._check_consistent()
+        except ShiftlabError as err:
+            raise ShiftlabError(f"audit result is malformed: {err}; re-run the audit") from None
+        return result
 
     @classmethod
     def from_json(cls, path: str | Path) -> "AuditResult":
+        """Read ``audit-NAME.json`` (:meth:`to_json`); errors name the file and the field."""
+        from .typed_json import read_json
+        data = read_json(path, "audit result")
         try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ShiftlabError(f"no such result file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ShiftlabError(f"{path} is not valid JSON ({err}); re-run the audit") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ShiftlabError as err:
+            raise ShiftlabError(f"{path}: {err}") from None
+
+    COMPARISONS = ("equivariance", "invariance", "skipped", "not comparable")
+    FRACTIONS = ("consistency", "flip_rate", "mean_abs_change", "worst_case_accuracy", "clean_accuracy")
+
+    def _check_consistent(self) -> None:
+        """Raise :class:`ShiftlabError` naming the first field that disagrees with the others."""
+        import math
+        n = len(self.shifts)
+        if n == 0 or len({len(s) for s in self.shifts}) != 1 or not 1 <= len(self.shifts[0]) <= 3:
+            raise ShiftlabError("shifts must be a non-empty list of shifts with 1 to 3 axes each")
+        if self.grid_shape is not None and (any(g < 1 for g in self.grid_shape)
+                                            or math.prod(self.grid_shape) != n):
+            raise ShiftlabError(f"grid_shape {self.grid_shape} does not hold the {n} shifts")
+        if self.provenance.tolerance < 0:
+            raise ShiftlabError("provenance.tolerance must be >= 0")
+
+        def per_shift(values, where, *, empty_ok=False, low=None, high=None):
+            if values is None or (empty_ok and not values):
+                return
+            if len(values) != n:
+                raise ShiftlabError(f"{where} has {len(values)} values, expected one per shift ({n})")
+            bad = next((k for k, v in enumerate(values) if v is not None and
+                        ((low is not None and v < low) or (high is not None and v > high))), None)
+            if bad is not None:
+                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise ShiftlabError(f"{where}[{bad}] = {values[bad]:g} must be {bounds}")
+
+        for k, item in enumerate(self.layers):
+            where = f"layers[{k}]"
+            if item.comparison not in self.COMPARISONS:
+                raise ShiftlabError(f"{where}.comparison must be one of {', '.join(self.COMPARISONS)}; "
+                                    f"got {item.comparison!r}")
+            skipped = item.comparison == "skipped"
+            per_shift(item.alignment, f"{where}.alignment", empty_ok=skipped)
+            per_shift(item.error, f"{where}.error", empty_ok=skipped, low=0)
+            per_shift(item.max_error, f"{where}.max_error", empty_ok=skipped, low=0)
+            for name in ("error_exact", "error_other"):
+                if (getattr(item, name) or 0) < 0:
+                    raise ShiftlabError(f"{where}.{name} must be >= 0")
+        inv = self.invariance
+        per_shift(inv.accuracy, "invariance.accuracy", low=0, high=1)
+        per_shift(inv.true_class_prob, "invariance.true_class_prob", low=0, high=1)
+        per_shift(inv.sensitivity, "invariance.sensitivity", low=0)
+        for name in self.FRACTIONS:
+            value = getattr(inv, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ShiftlabError(f"invariance.{name} = {value:g} must be in [0, 1]")
+        radius, radial = inv.sensitivity_radius, inv.sensitivity_radial
+        if (radius is None) != (radial is None) or (radius is not None and len(radius) != len(radial)):
+            raise ShiftlabError("invariance.sensitivity_radius and sensitivity_radial must have "
+                                "the same length")
 
     # --- text -------------------------------------------------------------------------
     def table(self) -> str:

@@ -1,6 +1,7 @@
-"""One look for every figure, and one way to save it (PNG + SVG, atomically)."""
+"""One look for every figure, and two ways out: files (PNG + SVG, atomically) or PNG bytes."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -28,11 +29,24 @@ def new_figure(ncols: int = 1, nrows: int = 1, size=(5.0, 3.4), **kwargs):
 def save_figure(fig, folder: str | Path, stem: str, formats=("png", "svg")) -> list[Path]:
     """Write ``fig`` as ``folder/stem.png`` and ``.svg`` (atomic); close it; return the paths."""
     paths = []
-    with plt.rc_context(STYLE):
-        for fmt in formats:
-            path = Path(folder) / f"{stem}.{fmt}"
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
-            paths.append(path)
-    plt.close(fig)
+    try:
+        with plt.rc_context(STYLE):
+            for fmt in formats:
+                path = Path(folder) / f"{stem}.{fmt}"
+                with atomic_path(path) as tmp:
+                    fig.savefig(tmp, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+                paths.append(path)
+    finally:
+        plt.close(fig)
     return paths
+
+
+def figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes, written nowhere (the report embeds them); closes the figure."""
+    buffer = io.BytesIO()
+    try:
+        with plt.rc_context(STYLE):
+            fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
