@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,14 @@ class LayerResult:
         if self.comparison == "not comparable":
             return "not comparable"
         word = "invariant" if self.comparison == "invariance" else "equivariant"
+        if self.error_exact is None and self.error_other is None:
+            return "untested (no non-zero shift)"
         exact_ok = self.error_exact is None or self.error_exact < tol
         other_ok = self.error_other is None or self.error_other < tol
         if exact_ok and other_ok:
             return word
+        if self.error_exact is None:
+            return f"not {word} (no shift was a multiple of {self.stride})"
         if exact_ok:
             return f"{word} at multiples of {self.stride}"
         return f"not {word}"
