@@ -21,7 +21,9 @@ synthetic fallback) and their spectrograms (:mod:`shiftlab.spectrogram`):
     :func:`shiftlab.audit` under canvas shifts along time (``x``) and along frequency
     (``y``): per-layer equivariance error along each axis, and accuracy against time shift
     (frames, and waveform delays in ms), mel-bin shift and pitch shift (resampling, in
-    semitones).
+    semitones). Training holds out whole voices; test clips get 240 ms of extra silence on
+    each side, so a shifted word stays on the canvas (what a microphone that keeps recording
+    gives) and the time pooling sees all of it.
 
 ``compute`` returns plain data; ``draw`` makes the figures from it; ``run`` does both.
 """
@@ -187,7 +189,7 @@ def espeak_pitch_pairs(low: Tensor, high: Tensor, *, n_fft: int = ANALYSIS["n_ff
     return result
 
 
-def spectrogram_example(x: Tensor, semitones: float, n_fft: int = 256, hop: int = 80) -> dict:
+def spectrogram_example(x: Tensor, semitones: float, n_fft: int = ANALYSIS["n_fft"], hop: int = 80) -> dict:
     """One clip and its pitch-shifted version on the three axes (log scale), as nested lists."""
     moved = torch.from_numpy(fit_length(pitch_shift(x, semitones)[0].numpy(), x.shape[-1], 1e-4)[0])[None]
     kw = {"linear": {}, "mel": {}, "log": dict(f_max=BAND[1], **LOG_AXIS)}
@@ -341,9 +343,9 @@ def cnn_under_shifts(data, *, seed: int, epochs: int, reach: int, delays_ms: lis
 # ----------------------------------------------------------------------------- compute
 def _settings(seed: int, quick: bool) -> dict:
     return dict(seed=seed, quick=quick, rate=RATE,
-                data=dict(voices=5, takes=3) if quick else dict(voices=16, takes=8),
-                epochs=6 if quick else 5, reach=8,
-                delays=list(range(0, 3 * 80 + 1, 10)),
+                data=dict(voices=8, takes=3) if quick else dict(voices=16, takes=8),
+                epochs=10 if quick else 5, reach=8,
+                delays=list(range(0, 3 * 80 + 1, 20 if quick else 10)),
                 semitones_b=[-4, -2, 2, 4],
                 pitch_pairs=4 if quick else 20,
                 delays_ms=list(range(-80, 81, 20)) if quick else list(range(-80, 81, 5)),
@@ -369,7 +371,8 @@ def compute(*, seed: int = 0, quick: bool = False, log=print) -> dict:
     lap("data")
 
     log("(a) time shifts by multiples of the hop and in between")
-    sample = data.waveforms[:: max(1, len(data) // 8)][:8]
+    clips = 4 if quick else 8
+    sample = data.waveforms[:: max(1, len(data) // clips)][:clips]
     a = time_shift_errors(sample, RATE, s["delays"], n_fft=256, hop=80)
     lap("a")
 
@@ -480,7 +483,7 @@ def draw(numbers: dict, out: str | Path) -> list[Path]:
         axes[0].bar(pos + offset, np.maximum(errs, floor), width=0.27, color=color, hatch=hatch,
                     alpha=0.5 if hatch else 1.0, label=label)
     axes[0].set_yscale("log")
-    axes[0].set_ylim(floor / 2, 10)
+    axes[0].set_ylim(floor / 2, 1e4)                     # room for the legend above the bars
     axes[0].set_xticks(pos, layers, rotation=60, fontsize=7)
     axes[0].set_ylabel("relative error (1e-9 = exactly 0)")
     axes[0].set_title("(d) per-layer error of audio-cnn", fontsize=10)
@@ -535,26 +538,31 @@ def claims_and_rows(n: dict) -> tuple[dict, list[str], list[list], dict]:
     layer_time = {l["layer"]: l for l in t["layers"]}
     layer_freq = {l["layer"]: l for l in f["layers"]}
     convs = [name for name, l in layer_time.items() if l["kind"] == "Conv2d"]
+    stride = layer_time["output"]["stride"]              # the largest stride before the pooling
     out_time, out_freq = layer_time["output"]["error_exact"], layer_freq["output"]["error_exact"]
     claims = {
         "(a) a delay by a multiple of the hop moves linear, mel and log spectrograms exactly along "
         "time (max relative error < 1e-5 on the interior frames)": max(exact) < 1e-5,
         "(a) other delays are not translations of the frames (relative error > 1e-2)": min(other) > 1e-2,
         "(b) a pitch change by resampling (±2, ±4 semitones) is close to a translation on the "
-        "log-frequency axis (mean best-shift correlation > 0.9) and clearly less so on the linear "
-        "axis (at least 0.1 lower)": corr["log"] > 0.9 and corr["log"] - corr["linear"] > 0.1,
+        "log-frequency axis (mean best-shift correlation r > 0.9) and not on the linear axis "
+        "(misfit 1 - r at least 5 times larger)":
+            corr["log"] > 0.9 and 1 - corr["linear"] >= 5 * (1 - corr["log"]),
         "(b) on the log axis the best shift is the predicted b·s/12 bins for at least 90 % of "
         "the clips": log_shift_right >= 0.9,
-        "(b) espeak's -p (f0 only): the harmonic comb correlates better after a shift on the log "
-        "axis than on the linear one, for at least 75 % of the pairs": harmonics_better >= 0.75,
+        "(b) a change of the voice's pitch alone (espeak -p: f0 moves, formants stay): its harmonic "
+        "comb correlates better after a shift on the log axis than on the linear one, for at least "
+        "75 % of the pairs": harmonics_better >= 0.75,
         "(c) translating a linear spectrum moves partials f, 2f, 3f to f+Δ, 2f+Δ, 3f+Δ: ratios "
         "no longer 2 and 3 (off by > 0.1), while a log-axis translation keeps them (within 0.02)":
             all(abs(r - k) > 0.1 for r, k in zip(ratios["linear translation"], (2, 3)))
             and all(abs(r - k) < 0.02 for r, k in zip(ratios["log translation"], (2, 3))),
-        f"(d) time shifts up to ±{reach} frames keep the CNN's accuracy within 3 points of clean":
-            clean - worst_time <= 0.03,
-        "(d) waveform delays (any number of samples, up to ±80 ms) keep it within 5 points":
-            clean - worst_delay <= 0.05,
+        f"(d) time shifts by multiples of the CNN's total stride ({stride} frames) change no "
+        f"prediction, and over all time shifts within ±{reach} frames the mean accuracy stays "
+        "within 3 points of clean": all(acc == clean for k, acc in zip(t["shifts"], t["accuracy"])
+                                        if k % stride == 0) and clean - _mean(t["accuracy"]) <= 0.03,
+        "(d) over waveform delays of any number of samples up to ±80 ms the mean accuracy stays "
+        "within 3 points of clean": clean - _mean(d["delay_accuracy"]) <= 0.03,
         f"(d) mel-bin shifts of ±{reach} bins cost more than 20 points of accuracy (mean of both signs)":
             clean - freq_far > 0.20,
         "(d) pitch shifts of ±4 semitones cost more than 10 points of accuracy (mean of both signs)":
@@ -577,7 +585,9 @@ def claims_and_rows(n: dict) -> tuple[dict, list[str], list[list], dict]:
         ["(d) clean accuracy (unseen voices)", clean, "", ""],
         [f"(d) worst accuracy, shifts within ±{reach}", worst_time, "", min(f["accuracy"])],
         [f"(d) accuracy at ±{reach} (mel) bins", "", "", _mean(far_freq)],
+        ["(d) mean accuracy over time shifts within ±8", _mean(t["accuracy"]), "", _mean(f["accuracy"])],
         ["(d) worst accuracy, waveform delays ±80 ms", worst_delay, "", ""],
+        ["(d) mean accuracy, waveform delays ±80 ms", _mean(d["delay_accuracy"]), "", ""],
         ["(d) accuracy at ±4 semitones (resampling)", "", "", _mean(pitch_far)],
         ["(d) output error (exact shifts)", out_time, "", out_freq],
     ]
@@ -586,6 +596,8 @@ def claims_and_rows(n: dict) -> tuple[dict, list[str], list[list], dict]:
                 "b_espeak_pitch_correlation": ep_mean, "b_espeak_harmonics_log_better": harmonics_better,
                 "c_ratios": ratios, "d_clean_accuracy": clean, "d_worst_time_accuracy": worst_time,
                 "d_frequency_accuracy_at_reach": _mean(far_freq), "d_worst_delay_accuracy": worst_delay,
+                "d_mean_time_accuracy": _mean(t["accuracy"]), "d_mean_frequency_accuracy": _mean(f["accuracy"]),
+                "d_mean_delay_accuracy": _mean(d["delay_accuracy"]),
                 "d_pitch_accuracy_at_4_semitones": _mean(pitch_far),
                 "d_output_error": {"time": out_time, "frequency": out_freq}}
     return claims, columns, rows, headline
@@ -597,19 +609,21 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     figures = draw(numbers, out)
     claims, columns, rows, headline = claims_and_rows(numbers)
     h = headline
-    source = "espeak-ng" if numbers["data"]["engine"] == "espeak-ng" else "SYNTHETIC formant vowels (espeak-ng missing)"
+    espeak = numbers["data"]["engine"] == "espeak-ng"
+    source = "espeak-ng" if espeak else "SYNTHETIC formant vowels (espeak-ng missing)"
+    synth = "espeak" if espeak else "the synthesizer"
     summary = (f"Spoken digits ({source}). Delaying a waveform by a multiple of the hop moves its spectrogram "
                f"exactly along time (error {h['a_max_error_hop_multiple']:.0e}); a pitch change by resampling "
                f"is a translation on a log-frequency axis (best-shift correlation "
                f"{h['b_resample_correlation']['log']:.2f}) but not on the linear axis "
-               f"({h['b_resample_correlation']['linear']:.2f}); espeak's own pitch control moves only f0, "
+               f"({h['b_resample_correlation']['linear']:.2f}); {synth}'s own pitch control moves only f0, "
                f"so only the harmonic comb translates on the log axis (correlation "
                f"{h['b_espeak_pitch_correlation']['harmonics_log']:.2f} vs "
                f"{h['b_espeak_pitch_correlation']['harmonics_linear']:.2f} linear), not the formants. "
                f"Translating a linear spectrum "
                f"breaks the partials' ratios 2 and 3 "
                f"({', '.join(f'{r:.2f}' for r in h['c_ratios']['linear translation'])}). "
-               f"A CNN that pools over time keeps {h['d_worst_time_accuracy']:.0%} accuracy (clean "
+               f"A CNN that pools over time keeps at least {h['d_worst_time_accuracy']:.0%} accuracy (clean "
                f"{h['d_clean_accuracy']:.0%}) under time shifts, but drops to "
                f"{h['d_frequency_accuracy_at_reach']:.0%} under mel-bin shifts of 8 and "
                f"{h['d_pitch_accuracy_at_4_semitones']:.0%} under pitch shifts of 4 semitones: speech is "
