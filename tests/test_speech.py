@@ -123,6 +123,13 @@ def test_corrupt_file_is_one_line(tmp_path):
         spoken_digits(bad, engine="synthetic", voices=VOICES[:1], takes=1)
 
 
+def test_unwritable_destination_fails_before_rendering(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(speech, "render_clips", lambda *a, **k: pytest.fail("rendered anyway"))
+    with pytest.raises(ShiftlabError, match="is a file"):
+        spoken_digits(tmp_path / "file" / "s.npz", engine="synthetic", voices=VOICES[:1], takes=1)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(engine="festival"), "engine must be auto, espeak-ng or synthetic"),
     (dict(rate=500), "rate must be an integer number of Hz"),

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftlabError
-from ..io import atomic_path
+from ..io import atomic_path, check_writable
 from .audio import fit_length, read_wav, resample
 from .mnist import data_dirs
 from .vowels import synthetic_voice, synthetic_word
@@ -287,6 +287,7 @@ def spoken_digits(path: str | Path | None = None, *, seed: int = 0, rate: int = 
     if used == "synthetic" and engine == "auto" and not _warned_missing:
         log(f"espeak-ng not found ({ESPEAK_INSTALL}); using synthetic formant vowels instead of speech")
         _warned_missing = True
+    check_writable(path)                                  # fail before the minute of rendering
     clips = clip_list(seed, voices, takes)
     log(f"making {len(clips)} spoken digits with {used} into {path} …")
     audio, cut = render_clips(clips, rate=rate, seconds=seconds, engine=used, voices=voices, seed=seed)
