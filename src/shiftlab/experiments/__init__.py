@@ -24,6 +24,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "rotation": ("rotation", "CNNs are not rotation-equivariant; a p4 group-conv net is, exactly for rot90"),
     "receptive-fields": ("receptive_fields", "Hubel & Wiesel for a CNN: bar sweeps give position/orientation tuning"),
     "weight-sharing": ("weight_sharing", "a conv layer: far fewer parameters than a dense one, and equivariant"),
+    "time-vs-frequency": ("time_vs_frequency", "speech: spectrograms are shift-invariant along time, not frequency"),
 }
 
 

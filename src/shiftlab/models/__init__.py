@@ -5,6 +5,7 @@ layers' settings); the probes measure the stride independently and a test compar
 """
 from . import convnet, lenet, p4, resnet, sliding  # noqa: F401  (register the models)
 from . import fixed  # noqa: F401  (the converted zoo: BlurPool / APS variants)
+from . import audio  # noqa: F401  (spectrogram CNNs)
 from .convnet import ConvNet
 from .geometry import Geometry, chain_geometry
 from .lenet import LeNetWolf
