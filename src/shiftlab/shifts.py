@@ -13,6 +13,10 @@ Spec strings (the CLI's ``--shifts``):
 ``0,0;1,2;-3,4``   an explicit list of ``dy,dx`` pairs
 =================  =========================================================
 
+Caps: at most ``MAX_AXIS`` = 10,000 values per axis and ``MAX_SHIFTS`` = 40,000 shifts in
+all (a ``-99:99`` grid is 199 x 199 = 39,601): every shift costs a forward pass per image,
+and a grid past the cap would not fit in memory long before it finished.
+
 >>> s = ShiftSet.parse("-1:1")
 >>> len(s), s.shape, s.zero_index
 (9, (3, 3), 4)
@@ -29,6 +33,16 @@ import torch
 
 from .errors import ShiftlabError
 
+MAX_AXIS = 10_000          # values along one axis of a grid
+MAX_SHIFTS = 40_000        # shifts in a set (a grid's rows x columns, or a list of pairs)
+
+
+def _check_count(count: int, spec: str) -> None:
+    if count > MAX_SHIFTS:
+        raise ShiftlabError(f"shifts {spec!r} are {count:,} shifts, more than the cap of "
+                            f"{MAX_SHIFTS:,} (e.g. -99:99 is 39,601); use a smaller range or a "
+                            "larger step")
+
 
 def _range(spec: str) -> tuple[float, ...]:
     parts = spec.split(":")
@@ -44,9 +58,11 @@ def _range(spec: str) -> tuple[float, ...]:
     step = nums[2] if len(nums) == 3 else 1.0
     if step <= 0 or stop < start:
         raise ShiftlabError(f"bad shift range {spec!r}: need STOP >= START and STEP > 0")
-    count = int(round((stop - start) / step)) + 1
-    if count > 10_000:
-        raise ShiftlabError(f"shift range {spec!r} has {count} values; use a larger step")
+    steps = (stop - start) / step                      # may overflow to inf: compare as float
+    if not steps + 1 <= MAX_AXIS:
+        raise ShiftlabError(f"shift range {spec!r} has {steps + 1:.3g} values, more than the cap "
+                            f"of {MAX_AXIS:,} per axis; use a smaller range or a larger step")
+    count = int(round(steps)) + 1
     return tuple(round(start + i * step, 9) for i in range(count))
 
 
@@ -63,11 +79,14 @@ class ShiftSet:
     @classmethod
     def grid(cls, ys: Sequence[float], xs: Sequence[float], spec: str = "") -> "ShiftSet":
         ys, xs = tuple(float(v) for v in ys), tuple(float(v) for v in xs)
+        _check_count(len(ys) * len(xs), spec or f"grid {len(ys)}x{len(xs)}")
         shifts = tuple((y, x) for y in ys for x in xs)
         return cls(shifts, ys, xs, spec or f"grid {len(ys)}x{len(xs)}")
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[Sequence[float]], spec: str = "") -> "ShiftSet":
+        pairs = list(pairs)
+        _check_count(len(pairs), spec or "the list of pairs")
         shifts = tuple((float(p[0]), float(p[1])) for p in pairs)
         if not all(math.isfinite(v) for pair in shifts for v in pair):
             raise ShiftlabError("shifts must be finite numbers")
