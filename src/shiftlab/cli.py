@@ -9,6 +9,7 @@ with status 130. Warnings of a successful command are one line each,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,14 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed in [0, 2**32 - 1], the range every generator we seed (torch, numpy, k-means) takes."""
+    value = _non_negative(text)
+    if value > 2 ** 32 - 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 4294967295], got {value}")
     return value
 
 
@@ -167,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments, one line each")
     p.add_argument("--out", default="out", help="folder for the JSON and figures (default out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
 
     p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
@@ -191,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="comma-separated feature-map layers (default: 3, first to deepest)")
     p.add_argument("--clusters", type=_positive, default=6, help="k-means colours (default 6, at most 12)")
     p.add_argument("--fps", type=_positive, default=8, help="frames per second (default 8, at most 50)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--seed", type=_seed, default=0, help="k-means seed (default 0)")
     p.add_argument("--out", required=True, help="the GIF to write")
 
     p = command("report", "Write the self-contained HTML report of a results folder.")
@@ -204,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="folder for the results")
     p.add_argument("--retrain", action="store_true", help="train again even where a model is saved")
     return parser
+
+
+def _output_file(value: str) -> Path:
+    """``--out`` of a command that writes one file: a writable name, not a folder (neither an
+    existing one nor a name ending in '/')."""
+    if value.endswith("/"):
+        raise ShiftlabError(f"--out {value!r} names a folder; give a file name inside it")
+    return check_writable(value)
 
 
 def _dtype(name: str):
@@ -221,7 +238,7 @@ def _load_model(args, input_size: int | None = None):
 
 
 def cmd_audit(args) -> None:
-    check_writable(args.out)                          # fail before the work, not after
+    _output_file(args.out)                            # fail before the work, not after
     if args.crop is not None and len(args.crop) != 2:
         raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
     from .audit import audit
@@ -362,7 +379,7 @@ def cmd_convert(args) -> None:
 def cmd_animate(args) -> None:
     from .data import load_data
     from .viz.animate import MAX_CLUSTERS, animate, check_canvas
-    check_writable(args.out)
+    _output_file(args.out)
     check_canvas(args.canvas)                         # before a model sized for it is built
     if args.clusters > MAX_CLUSTERS or args.fps > 50:
         raise ShiftlabError(f"--clusters must be at most {MAX_CLUSTERS} and --fps at most 50, got "
@@ -382,7 +399,7 @@ def cmd_animate(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import build_report
-    check_writable(args.out)                          # before figures are drawn into the folder
+    _output_file(args.out)                            # before figures are drawn into the folder
     path = build_report(args.results, args.out, title=args.title)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
@@ -412,8 +429,9 @@ def _interrupted(err: BaseException) -> bool:
 
 @contextmanager
 def _no_new_empty_folders(args):
-    """On failure, remove the folders on the way to ``--out`` / ``--dest`` that this command
-    created and left empty (never a folder that existed before, never a non-empty one)."""
+    """On failure, remove the folders this command created on the way to ``--out`` /
+    ``--dest`` (and empty folders inside a new one) that it left empty; never a folder that
+    existed before, never one holding a file."""
     new = []
     for value in (getattr(args, "out", None), getattr(args, "dest", None)):
         if value:
@@ -423,10 +441,12 @@ def _no_new_empty_folders(args):
         yield
     except BaseException:
         for folder in sorted(set(new), key=lambda p: len(p.parts), reverse=True):
-            try:
-                folder.rmdir()                        # only succeeds on an empty folder
-            except OSError:
-                pass
+            inside = [Path(d) for d, _, _ in os.walk(folder, topdown=False)] if folder.is_dir() else []
+            for empty in (*inside, folder):
+                try:
+                    empty.rmdir()                     # only succeeds on an empty folder
+                except OSError:
+                    pass
         raise
 
 

@@ -104,7 +104,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except ShiftlabError:
         raise
     except Exception as err:
-        reason = "it cannot be unpickled" if "pickl" in type(err).__name__.lower() or \
+        reason = "it cannot be unpickled safely: Python objects other than tensors, or an " \
+                 "unsupported pickle protocol" if "pickl" in type(err).__name__.lower() or \
             "pickl" in str(err).lower()[:200] else one_line(err)
         raise ShiftlabError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(state, dict):

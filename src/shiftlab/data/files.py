@@ -155,7 +155,7 @@ def load_array_file(spec: str) -> tuple[Tensor, Tensor | None]:
         raise
     except Exception as err:                     # numpy/zip/pickle errors of a corrupt file
         if "weights only load failed" in str(err).lower():
-            raise ShiftlabError(f"{spec} holds pickled Python objects, not just tensors; shiftlab "
-                                "reads only tensors (torch.load weights_only=True): save a "
-                                "dict of tensors") from None
+            raise ShiftlabError(f"{spec} cannot be read safely: torch's weights-only loader refused "
+                                "it (Python objects other than tensors, or an unsupported pickle "
+                                "protocol); save a dict of tensors with torch.save") from None
         raise ShiftlabError(f"cannot read {spec}: {one_line(err, 160)}") from None
