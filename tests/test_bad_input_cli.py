@@ -170,6 +170,8 @@ OUT_OF_RANGE = {
                           "argument --seed: must be in [0, 4294967295]"),
     "experiment-seed-huge": (["experiment", "rotation", "--quick", "--seed", str(10 ** 30)],
                              "argument --seed: must be in [0, 4294967295]"),
+    "fetch-mnist-dest-under-a-file": (["fetch-mnist", "--dest", "afile/data"],
+                                      "cannot create 'afile/data/mnist.npz': 'afile' is a file"),
     "layers-input-zero": (["layers", "--model", "conv-circular", "--input", "0x28x28"],
                           "expected positive sizes"),
     "layers-input-two-dims": (["layers", "--model", "conv-circular", "--input", "1x28"],
@@ -183,10 +185,13 @@ OUT_OF_RANGE = {
 def test_out_of_range_values(case, tmp_path, monkeypatch, capsys):
     argv, needle = OUT_OF_RANGE[case]
     monkeypatch.chdir(tmp_path)
+    if "afile/data" in argv:
+        (tmp_path / "afile").write_text("")
     extra = ["--shifts=-1:1", *FAST] if argv[0] == "audit" else []
+    before = _tree(tmp_path)
     line = _one_error_line(_out([*argv, *extra], tmp_path), capsys, f"shiftlab {argv[0]}")
     assert needle in line, line
-    assert _tree(tmp_path) == []
+    assert _tree(tmp_path) == before
 
 
 def test_a_huge_limit_is_just_all_images(tmp_path, capsys):

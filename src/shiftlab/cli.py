@@ -308,7 +308,7 @@ def cmd_train(args) -> None:
 
 def cmd_fetch_mnist(args) -> None:
     from .data.mnist import FILENAME, fetch_mnist, load_mnist
-    target = Path(args.dest) / FILENAME
+    target = check_writable(Path(args.dest) / FILENAME)      # before downloading anything
     if target.is_file():
         load_mnist("test", target)                       # verifies shapes and label counts
         print(f"MNIST already set up: {target}")

@@ -59,11 +59,14 @@ def load_image_folder(directory: str | Path) -> tuple[Tensor, Tensor, list[str]]
     root = Path(directory)
     if not root.is_dir():
         raise ShiftlabError(f"image folder {str(root)!r} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        files = [(f, k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir())
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+    except OSError as err:                                 # an unreadable folder
+        raise ShiftlabError(f"cannot list image folder {root}: {one_line(err)}") from None
     if not classes:
         raise ShiftlabError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
-    files = [(f, k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise ShiftlabError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images, total = [], 0
