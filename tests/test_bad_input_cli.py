@@ -176,6 +176,12 @@ OUT_OF_RANGE = {
                           "expected positive sizes"),
     "layers-input-two-dims": (["layers", "--model", "conv-circular", "--input", "1x28"],
                               "--input needs CxHxW, got 1x28"),
+    "audit-layers-names-none": (["audit", "--model", "conv-circular", "--layers", ","],
+                                "--layers ',' names no layer"),
+    "animate-layers-names-none": (["animate", "--model", "conv-circular", *DIGITS, "--layers", ""],
+                                  "--layers '' names no layer"),
+    "model-spec-without-file": (["layers", "--model", ":build"], "--model ':build' names no file"),
+    "empty-data-spec": (["audit", "--model", "conv-circular", "--data", ""], "the data spec is empty"),
     "synthetic-spec-extra-part": (["audit", "--model", "conv-circular", "--data", "synthetic:4:1x28x28:junk"],
                                   "bad data spec 'synthetic:4:1x28x28:junk'"),
 }

@@ -223,6 +223,14 @@ def _output_file(value: str) -> Path:
     return check_writable(value)
 
 
+def _layer_names(value: str | None) -> str | None:
+    """``--layers`` as given, if it names at least one layer."""
+    if value is not None and not [n for n in value.split(",") if n.strip()]:
+        raise ShiftlabError(f"--layers {value!r} names no layer; give comma-separated names "
+                            "(see `shiftlab layers`), or leave it out for the default set")
+    return value
+
+
 def _dtype(name: str):
     import torch
     return {"float32": torch.float32, "float64": torch.float64}[name]
@@ -241,6 +249,7 @@ def cmd_audit(args) -> None:
     _output_file(args.out)                            # fail before the work, not after
     if args.crop is not None and len(args.crop) != 2:
         raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
+    _layer_names(args.layers)
     from .audit import audit
     from .data import load_data
     x, y = load_data(args.data, split="test", seed=args.seed)
@@ -381,6 +390,7 @@ def cmd_animate(args) -> None:
     from .viz.animate import MAX_CLUSTERS, animate, check_canvas
     _output_file(args.out)
     check_canvas(args.canvas)                         # before a model sized for it is built
+    _layer_names(args.layers)
     if args.clusters > MAX_CLUSTERS or args.fps > 50:
         raise ShiftlabError(f"--clusters must be at most {MAX_CLUSTERS} and --fps at most 50, got "
                             f"{args.clusters} and {args.fps}")

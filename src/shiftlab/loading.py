@@ -46,6 +46,9 @@ def load_model(spec: str, input_size: int | None = None) -> nn.Module:
         sized = input_size is not None and builder_accepts(spec, "input_size")
         return create_model(spec, **({"input_size": input_size} if sized else {}))
     file, _, factory = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    if not file:
+        raise ShiftlabError(f"--model {spec!r} names no file; give a zoo name (see `shiftlab "
+                            "models`) or FILE.py:FACTORY")
     if not factory:
         raise ShiftlabError(f"say which factory to call: {spec}:NAME")
     path = Path(file)

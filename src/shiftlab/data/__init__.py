@@ -75,6 +75,9 @@ def load_data(spec: str, split: str = "test", seed: int = 0) -> tuple[Tensor, Te
     ``split`` is the default split for sources that have them; a spec's own
     ``:split`` suffix wins. Every source must give at least one image.
     """
+    if not spec.strip():
+        raise ShiftlabError("the data spec is empty; give e.g. mnist, synthetic:256 or a file "
+                            "(see --help)")
     x, y = _load(spec, split, seed)
     if len(x) == 0:
         raise ShiftlabError(f"{spec} holds no images")
