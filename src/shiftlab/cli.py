@@ -9,8 +9,10 @@ with status 130. Warnings of a successful command are one line each,
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,43 +64,30 @@ def _size(text: str) -> tuple[int, ...]:
         sizes = ()
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected positive sizes like 28x28, got {text!r}")
-    count = 1
-    for v in sizes:
-        count *= v
+    count = math.prod(sizes)
     if count > MAX_INPUT_VALUES:
         raise argparse.ArgumentTypeError(f"{text} is {count:,} values, more than the cap of "
                                          f"{MAX_INPUT_VALUES:,} (e.g. 1x2048x2048 or 3x1024x1024)")
     return sizes
 
 
-def _positive(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]`` (no upper bound if ``high`` is None)."""
+    bounds = f"at least {low}" if high is None else f"in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
 
 
-def _seed(text: str) -> int:
-    """A seed in [0, 2**32 - 1], the range every generator we seed (torch, numpy, k-means) takes."""
-    value = _non_negative(text)
-    if value > 2 ** 32 - 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 4294967295], got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive, _index = _int_in(1), _int_in(0)
+_seed = _int_in(0, 2 ** 32 - 1)        # what every generator we seed takes (torch, numpy, k-means)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("animate", "Animate feature maps of a digit sliding over a canvas (Wolf's GIF).")
     model_args(p)
     p.add_argument("--data", default="mnist", help="where the image comes from (test split; default mnist)")
-    p.add_argument("--index", type=_non_negative, default=0, help="which image of the data (default 0)")
+    p.add_argument("--index", type=_index, default=0, help="which image of the data (default 0)")
     p.add_argument("--canvas", type=_positive, default=38,
                    help="side of the canvas the image slides on (default 38, at most 132)")
     p.add_argument("--path", default="left-right", choices=["left-right", "diagonal", "loop"])
@@ -463,7 +452,6 @@ def _no_new_empty_folders(args):
 @contextmanager
 def _warnings_as_lines(prog: str):
     """Collect the warnings a command raises; print each once, as one line, if it succeeds."""
-    import warnings
     seen: dict[str, None] = {}
 
     def keep(message, category, *_args, **_kwargs):
@@ -484,10 +472,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args, extra = build_parser().parse_known_args(argv)
     except UsageError as err:                         # `--shifts -4:4` reads -4:4 as an option
         option = err.message.partition(":")[0].removeprefix("argument ").split("/")[-1]
-        given = [argv[k + 1] for k, a in enumerate(argv[:-1]) if a == option]
-        if err.message.endswith("expected one argument") and any(v.startswith("-") for v in given):
+        dashed = [argv[k + 1] for k, a in enumerate(argv[:-1])
+                  if a == option and argv[k + 1].startswith("-")]
+        if err.message.endswith("expected one argument") and dashed:
             raise UsageError(err.prog, f"{err.message}; write a value that starts with '-' as "
-                                       f"{option}={given[0]}") from None
+                                       f"{option}={dashed[0]}") from None
         raise
     if extra:
         raise UsageError(f"shiftlab {args.command}", f"unrecognized arguments: {' '.join(extra)}")
