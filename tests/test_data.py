@@ -163,3 +163,33 @@ def test_data_specs(tmp_path):
         load_data("no-such-source")
     with pytest.raises(ShiftlabError, match="folder:"):
         load_data(str(tmp_path))
+
+
+def test_array_files_accept_every_real_dtype(tmp_path):
+    """bool images read as 0/1, uint8 as k/255, other integers over their maximum; float
+    labels that are whole numbers become class indices."""
+    cases = {"b": (np.eye(4, dtype=bool)[None], 1.0), "u": (np.full((1, 4, 4), 51, np.uint8), 0.2),
+             "i": (np.arange(16, dtype=np.int16).reshape(1, 4, 4), 1.0)}
+    for name, (array, top) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x=array, y=np.array([3.0]))
+        x, y = load_data(str(tmp_path / f"{name}.npz"))
+        assert x.dtype == torch.float32 and x.shape == (1, 1, 4, 4)
+        assert float(x.max()) == pytest.approx(top) and y.tolist() == [3] and y.dtype == torch.int64
+
+
+def test_idx_with_more_data_than_its_header_is_corrupt(tmp_path):
+    raw = _idx_bytes(np.zeros((3, 4, 4), np.uint8))
+    (tmp_path / "x.idx").write_bytes(raw + b"\x00")
+    with pytest.raises(ShiftlabError, match="found more"):
+        read_idx(tmp_path / "x.idx")
+
+
+def test_shift_sets_are_capped_in_total_and_per_axis():
+    from shiftlab.shifts import MAX_SHIFTS, ShiftSet
+    assert len(ShiftSet.parse("-99:99")) == 199 ** 2 <= MAX_SHIFTS
+    with pytest.raises(ShiftlabError, match="40,401 shifts, more than the cap of 40,000"):
+        ShiftSet.parse("-100:100")
+    with pytest.raises(ShiftlabError, match="per axis"):
+        ShiftSet.parse("x=0:20000")
+    with pytest.raises(ShiftlabError, match="cap"):
+        ShiftSet.from_pairs([(0, k) for k in range(MAX_SHIFTS + 1)])

@@ -2,23 +2,59 @@
 
 The flow: ``transforms`` (exact shift actions) → ``probe`` (named layer outputs) →
 ``metrics`` (streaming) → ``audit`` (the engine) → ``result`` (JSON) → CLI.
+
+The public names below are imported on first use (PEP 562), so ``import shiftlab`` and the
+command line start without importing torch; that keeps Ctrl-C during start-up one line.
 """
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 __version__ = "0.1.0"
 
-from .audit import audit
-from .convert import convert
-from .errors import ShiftlabError
-from .layers import APS, APSShortcut, BlurConv, BlurPool, MaxBlurPool, Pad2d, aps_downsample, blur_pool
-from .probe import Probe, default_layers, infer_layers
-from .result import AuditResult, InvarianceResult, LayerResult, Provenance
-from .shifts import ShiftSet
-from .transforms import (canvas_shift, circular_shift, crop_shift, flip, fractional_shift,
-                         make_action, rot90)
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "audit": "audit", "AuditResult": "result", "LayerResult": "result",
+    "InvarianceResult": "result", "Provenance": "result", "ShiftlabError": "errors",
+    "Probe": "probe", "default_layers": "probe", "infer_layers": "probe", "ShiftSet": "shifts",
+    "make_action": "transforms", "circular_shift": "transforms", "canvas_shift": "transforms",
+    "crop_shift": "transforms", "fractional_shift": "transforms", "rot90": "transforms",
+    "flip": "transforms", "convert": "convert", "BlurPool": "layers", "blur_pool": "layers",
+    "MaxBlurPool": "layers", "BlurConv": "layers", "APS": "layers", "APSShortcut": "layers",
+    "aps_downsample": "layers", "Pad2d": "layers",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "audit", "AuditResult", "LayerResult", "InvarianceResult", "Provenance", "ShiftlabError",
-    "Probe", "default_layers", "infer_layers", "ShiftSet", "make_action",
-    "circular_shift", "canvas_shift", "crop_shift", "fractional_shift", "rot90", "flip",
-    "convert", "BlurPool", "blur_pool", "MaxBlurPool", "BlurConv", "APS", "APSShortcut",
-    "aps_downsample", "Pad2d",
-]
+
+def __getattr__(name: str):
+    """Import a public name (or a submodule) the first time it is asked for."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """``shiftlab.audit`` and ``shiftlab.convert`` stay the functions after their modules
+    (of the same names) are imported; importing a submodule would otherwise bind the
+    module over the function."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("audit", "convert") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

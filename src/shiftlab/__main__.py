@@ -1,5 +1,9 @@
+"""``python -m shiftlab``: the command line. Ctrl-C while it starts is one line, too."""
 import sys
 
-from .cli import main
-
+try:
+    from .cli import main
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 sys.exit(main())

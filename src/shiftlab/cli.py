@@ -1,12 +1,26 @@
-"""The ``shiftlab`` command line. Bad input exits with status 2 and one line on stderr."""
+"""The ``shiftlab`` command line.
+
+Bad input, from a mistyped option to a hostile file, exits with status 2 and ONE line on
+stderr, ``shiftlab COMMAND: error: what is wrong, and what to do``; nothing half-written and
+no new empty folder is left behind. Ctrl-C, however early, prints ``interrupted`` and exits
+with status 130. Warnings of a successful command are one line each,
+``shiftlab COMMAND: warning: ...``; a failed command prints only its error.
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ShiftlabError, one_line
+from .errors import ShiftlabError, UsageError, first_line, one_line, printable
 from .io import check_writable
+
+#: the most values one ``--input`` (or ``--crop``) may have: 2048x2048 grey, 3x1024x1024 colour
+MAX_INPUT_VALUES = 2 ** 22
 
 EXAMPLES = {
     "audit": """examples:
@@ -32,18 +46,52 @@ EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one-line :class:`UsageError` s naming the
+    (sub)command, instead of a usage banner and ``sys.exit(2)``."""
+
+    def error(self, message: str):
+        if message == "the following arguments are required: COMMAND":
+            message = "no command given; choose one of " + ", ".join(COMMANDS)
+        raise UsageError(self.prog, message)
+
+
 def _size(text: str) -> tuple[int, ...]:
+    """``CxHxW`` (or ``HxW``) of positive sizes, with at most ``MAX_INPUT_VALUES`` values."""
     try:
         sizes = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected positive sizes like 28x28, got {text!r}")
+    count = math.prod(sizes)
+    if count > MAX_INPUT_VALUES:
+        raise argparse.ArgumentTypeError(f"{text} is {count:,} values, more than the cap of "
+                                         f"{MAX_INPUT_VALUES:,} (e.g. 1x2048x2048 or 3x1024x1024)")
     return sizes
 
 
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]`` (no upper bound if ``high`` is None)."""
+    bounds = f"at least {low}" if high is None else f"in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
+
+
+_positive, _index = _int_in(1), _int_in(0)
+_seed = _int_in(0, 2 ** 32 - 1)        # what every generator we seed takes (torch, numpy, k-means)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shiftlab", description="Measure, see and fix shift-equivariance of CNNs.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"shiftlab {__version__}")
@@ -64,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic:256",
                    help="mnist[:split], fashion-mnist, digits, idx:DIR, folder:DIR, "
                         "synthetic[:N[:CxHxW]] or an .npz/.npy/.pt file (default synthetic:256)")
-    p.add_argument("--canvas", type=int, help="place each image centred on an NxN canvas first")
+    p.add_argument("--canvas", type=_positive, help="place each image centred on an NxN canvas first")
     p.add_argument("--protocol", default="circular", choices=["circular", "canvas", "crop", "fractional"])
     p.add_argument("--shifts", help="shift grid: -4:4, x=-8:8, -1:1:0.25 or 0,0;1,2 "
-                                    "(default -4:4; fractional -2:2:0.5). Write --shifts=-4:4")
+                                    "(default -4:4; fractional -2:2:0.5; at most 40,000 "
+                                    "shifts). Write --shifts=-4:4")
     p.add_argument("--layers", help="comma-separated layer names (default: convs, pools, "
                                     "activations, blocks); see `shiftlab layers`")
     p.add_argument("--pairs", type=int, default=5, help="random shift pairs per image for consistency")
@@ -79,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop consistency windows: offsets in [0, D) as Zhang 2019 "
                         "(default) or [0, D]")
     p.add_argument("--sensitivity-layer", default="output", help="layer for the sensitivity map")
-    p.add_argument("--limit", type=int, help="audit only the first N images")
+    p.add_argument("--limit", type=_positive, help="audit only the first N images")
     p.add_argument("--batch-size", type=int, default=256, help="most images in one forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/audit.json", help="where to write the JSON result")
@@ -89,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("layers", "Show the layers shiftlab probes, with their measured strides.")
     model_args(p)
-    p.add_argument("--input", type=_size, default=(1, 28, 28), help="one input's CxHxW (default 1x28x28)")
+    p.add_argument("--input", type=_size, default=(1, 28, 28),
+                   help="one input's CxHxW (default 1x28x28; at most 4,194,304 values)")
     p.add_argument("--all", action="store_true", help="every submodule, not just the default set")
 
     p = command("train", "Train a zoo model (Adam, seeded, resumable checkpoints every epoch).")
@@ -118,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments, one line each")
     p.add_argument("--out", default="out", help="folder for the JSON and figures (default out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
 
     p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
@@ -135,13 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("animate", "Animate feature maps of a digit sliding over a canvas (Wolf's GIF).")
     model_args(p)
     p.add_argument("--data", default="mnist", help="where the image comes from (test split; default mnist)")
-    p.add_argument("--index", type=int, default=0, help="which image of the data (default 0)")
-    p.add_argument("--canvas", type=int, default=38, help="side of the canvas the image slides on (default 38)")
+    p.add_argument("--index", type=_index, default=0, help="which image of the data (default 0)")
+    p.add_argument("--canvas", type=_positive, default=38,
+                   help="side of the canvas the image slides on (default 38, at most 132)")
     p.add_argument("--path", default="left-right", choices=["left-right", "diagonal", "loop"])
     p.add_argument("--layers", help="comma-separated feature-map layers (default: 3, first to deepest)")
-    p.add_argument("--clusters", type=int, default=6, help="k-means colours (default 6)")
-    p.add_argument("--fps", type=int, default=8, help="frames per second (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--clusters", type=_positive, default=6, help="k-means colours (default 6, at most 12)")
+    p.add_argument("--fps", type=_positive, default=8, help="frames per second (default 8, at most 50)")
+    p.add_argument("--seed", type=_seed, default=0, help="k-means seed (default 0)")
     p.add_argument("--out", required=True, help="the GIF to write")
 
     p = command("report", "Write the self-contained HTML report of a results folder.")
@@ -154,6 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="folder for the results")
     p.add_argument("--retrain", action="store_true", help="train again even where a model is saved")
     return parser
+
+
+def _output_file(value: str) -> Path:
+    """``--out`` of a command that writes one file: a writable name, not a folder (neither an
+    existing one nor a name ending in '/')."""
+    if value.endswith("/"):
+        raise ShiftlabError(f"--out {value!r} names a folder; give a file name inside it")
+    return check_writable(value)
+
+
+def _layer_names(value: str | None) -> str | None:
+    """``--layers`` as given, if it names at least one layer."""
+    if value is not None and not [n for n in value.split(",") if n.strip()]:
+        raise ShiftlabError(f"--layers {value!r} names no layer; give comma-separated names "
+                            "(see `shiftlab layers`), or leave it out for the default set")
+    return value
 
 
 def _dtype(name: str):
@@ -171,18 +238,21 @@ def _load_model(args, input_size: int | None = None):
 
 
 def cmd_audit(args) -> None:
-    from .audit import audit
-    from .data import load_data
-    if args.limit is not None and args.limit < 1:
-        raise ShiftlabError(f"--limit must be at least 1, got {args.limit}")
-    check_writable(args.out)                          # fail before the work, not after
+    _output_file(args.out)                            # fail before the work, not after
     if args.crop is not None and len(args.crop) != 2:
         raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
+    _layer_names(args.layers)
+    from .audit import audit
+    from .data import load_data
     x, y = load_data(args.data, split="test", seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
-    if args.canvas:
+    if args.canvas is not None:
         from .data import place_on_canvas
+        h, w = x.shape[-2:]
+        if args.canvas < max(h, w):
+            raise ShiftlabError(f"--canvas {args.canvas} is smaller than the {h}x{w} images; "
+                                f"use --canvas {max(h, w)} or more")
         x = place_on_canvas(x, (args.canvas, args.canvas))
     model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
     result = audit(model, (x, y), protocol=args.protocol, shifts=args.shifts, layers=args.layers,
@@ -240,7 +310,7 @@ def cmd_train(args) -> None:
 
 def cmd_fetch_mnist(args) -> None:
     from .data.mnist import FILENAME, fetch_mnist, load_mnist
-    target = Path(args.dest) / FILENAME
+    target = check_writable(Path(args.dest) / FILENAME)      # before downloading anything
     if target.is_file():
         load_mnist("test", target)                       # verifies shapes and label counts
         print(f"MNIST already set up: {target}")
@@ -259,6 +329,7 @@ def cmd_experiment(args) -> None:
         return
     if args.name not in EXPERIMENTS:
         raise ShiftlabError(f"unknown experiment {args.name!r}; see `shiftlab experiment --list`")
+    check_writable(Path(args.out) / f"experiment-{args.name}.json")   # before the work
     result = run_experiment(args.name, args.out, seed=args.seed, quick=args.quick)
     print(f"\n{result.title}\n\n{result.table()}\n")
     for claim, holds in result.claims.items():
@@ -324,9 +395,13 @@ def cmd_convert(args) -> None:
 
 def cmd_animate(args) -> None:
     from .data import load_data
-    from .viz.animate import animate, check_canvas
-    check_writable(args.out)
+    from .viz.animate import MAX_CLUSTERS, animate, check_canvas
+    _output_file(args.out)
     check_canvas(args.canvas)                         # before a model sized for it is built
+    _layer_names(args.layers)
+    if args.clusters > MAX_CLUSTERS or args.fps > 50:
+        raise ShiftlabError(f"--clusters must be at most {MAX_CLUSTERS} and --fps at most 50, got "
+                            f"{args.clusters} and {args.fps}")
     x, y = load_data(args.data, split="test", seed=0)
     if not 0 <= args.index < len(x):
         raise ShiftlabError(f"--index must be in [0, {len(x) - 1}] for {args.data}, got {args.index}")
@@ -342,7 +417,7 @@ def cmd_animate(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import build_report
-    check_writable(args.out)                          # before figures are drawn into the folder
+    _output_file(args.out)                            # before figures are drawn into the folder
     path = build_report(args.results, args.out, title=args.title)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
@@ -358,14 +433,93 @@ COMMANDS = {"audit": cmd_audit, "train": cmd_train, "models": cmd_models, "layer
             "convert": cmd_convert, "animate": cmd_animate, "report": cmd_report}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is Ctrl-C, or an error it caused (an extension module's import that
+    a KeyboardInterrupt cut short can surface as ``SystemError`` or ``ImportError``)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextmanager
+def _no_new_empty_folders(args):
+    """On failure, remove the folders this command created on the way to ``--out`` /
+    ``--dest`` (and empty folders inside a new one) that it left empty; never a folder that
+    existed before, never one holding a file."""
+    new = []
+    for value in (getattr(args, "out", None), getattr(args, "dest", None)):
+        if value:
+            path = Path(value)
+            new += [p for p in (path, *path.parents) if not p.exists()]
     try:
-        COMMANDS[args.command](args)
+        yield
+    except BaseException:
+        for folder in sorted(set(new), key=lambda p: len(p.parts), reverse=True):
+            inside = [Path(d) for d, _, _ in os.walk(folder, topdown=False)] if folder.is_dir() else []
+            for empty in (*inside, folder):
+                try:
+                    empty.rmdir()                     # only succeeds on an empty folder
+                except OSError:
+                    pass
+        raise
+
+
+@contextmanager
+def _warnings_as_lines(prog: str):
+    """Collect the warnings a command raises; print each once, as one line, if it succeeds."""
+    seen: dict[str, None] = {}
+
+    def keep(message, category, *_args, **_kwargs):
+        seen.setdefault(f"{category.__name__}: {first_line(str(message))}", None)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = keep
+        yield
+    for text in seen:
+        print(f"{prog}: warning: {text}", file=sys.stderr)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; a :class:`UsageError` (one line) if it does not parse. An
+    unknown option is reported by the subcommand it was given to."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+    except UsageError as err:                         # `--shifts -4:4` reads -4:4 as an option
+        option = err.message.partition(":")[0].removeprefix("argument ").split("/")[-1]
+        dashed = [argv[k + 1] for k, a in enumerate(argv[:-1])
+                  if a == option and argv[k + 1].startswith("-")]
+        if err.message.endswith("expected one argument") and dashed:
+            raise UsageError(err.prog, f"{err.message}; write a value that starts with '-' as "
+                                       f"{option}={dashed[0]}") from None
+        raise
+    if extra:
+        raise UsageError(f"shiftlab {args.command}", f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status: 0, 2 on bad input, 130 on Ctrl-C. The one
+    error path: every failure ends here as one line on stderr."""
+    prog = "shiftlab"
+    try:
+        try:
+            args = parse_args(argv)
+        except SystemExit as done:                    # --help and --version
+            return done.code if isinstance(done.code, int) else 0
+        prog = f"shiftlab {args.command}"
+        with _no_new_empty_folders(args), _warnings_as_lines(prog):
+            COMMANDS[args.command](args)
     except ShiftlabError as err:
-        print(f"shiftlab {args.command}: error: {err}", file=sys.stderr)
+        print(f"{getattr(err, 'prog', prog)}: error: {printable(str(err))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not _interrupted(err):
+            raise
         print("interrupted", file=sys.stderr)
         return 130
     return 0

@@ -1,4 +1,10 @@
 """The one error type users see: a one-line message saying what is wrong and what to do."""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")     # terminal control sequences (colour, bold)
 
 
 class ShiftlabError(ValueError):
@@ -6,20 +12,55 @@ class ShiftlabError(ValueError):
     line and exits with status 2; library callers can catch it as a ``ValueError``."""
 
 
+class UsageError(ShiftlabError):
+    """A command line that does not parse (an unknown option, a missing or malformed value).
+    ``prog`` names the (sub)command, e.g. ``shiftlab audit``."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(f"{message} (see {prog} --help)")
+        self.prog, self.message = prog, message
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print as one line: terminal escape sequences dropped; newlines,
+    other control characters and line separators written as escapes; bytes of a non-UTF-8
+    file name (surrogate escapes) written as ``\\xNN``.
+
+    >>> printable("bad\\nname\\x1b[1m!\\udcff")
+    'bad\\\\nname!\\\\xff'
+    """
+    out = []
+    for ch in _ANSI.sub("", text):
+        kind = unicodedata.category(ch)
+        if kind == "Cs":                                  # os.fsdecode's escape of a raw byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else "\\ufffd")
+        elif kind in ("Cc", "Zl", "Zp") and ch != "\t":
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(" " if ch == "\t" else ch)
+    return "".join(out)
+
+
 def one_line(err: BaseException, limit: int = 200) -> str:
     """``err`` as one line for a :class:`ShiftlabError` message: its first line (at most
-    ``limit`` characters), prefixed by its type unless it is a ``ShiftlabError`` already.
+    ``limit`` characters, terminal escapes dropped), prefixed by its type unless it is a
+    ``ShiftlabError`` already.
 
     >>> one_line(RuntimeError("shapes do not match\\nlong torch trace"))
     'RuntimeError: shapes do not match'
     >>> one_line(ShiftlabError("bad shift")), one_line(KeyError())
     ('bad shift', 'KeyError')
     """
-    text = str(err).strip()
-    if not text:
+    first = first_line(str(err), limit)
+    if not first:
         return type(err).__name__
-    first = text.splitlines()[0][:limit]
     return first if isinstance(err, ShiftlabError) else f"{type(err).__name__}: {first}"
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text``, :func:`printable`, at most ``limit`` characters."""
+    lines = _ANSI.sub("", text).strip().splitlines()
+    return printable(lines[0].strip())[:limit] if lines else ""
 
 
 def run_model(model, x, who: str = "the model"):

@@ -16,6 +16,10 @@ spec               images                                               signals
 ``0,0;1,2;-3,4``   an explicit list of ``dy,dx`` pairs                  ``0;1;-3``
 =================  ===================================================  ======================
 
+Caps: at most ``MAX_AXIS`` = 10,000 values per axis and ``MAX_SHIFTS`` = 40,000 shifts in
+all (a ``-99:99`` grid is 199 x 199 = 39,601): every shift costs a forward pass per image,
+and a grid past the cap would not fit in memory long before it finished.
+
 >>> s = ShiftSet.parse("-1:1")
 >>> len(s), s.shape, s.zero_index
 (9, (3, 3), 4)
@@ -35,8 +39,15 @@ import torch
 
 from .errors import ShiftlabError
 
-#: Most shifts in one set: each costs a forward pass per image.
-MAX_SHIFTS = 100_000
+MAX_AXIS = 10_000          # values along one axis of a grid
+MAX_SHIFTS = 40_000        # shifts in a set (a grid's rows x columns, or a list of pairs)
+
+
+def _check_count(count: int, spec: str) -> None:
+    if count > MAX_SHIFTS:
+        raise ShiftlabError(f"shifts {spec!r} are {count:,} shifts, more than the cap of "
+                            f"{MAX_SHIFTS:,} (e.g. -99:99 is 39,601); use a smaller range or a "
+                            "larger step")
 
 
 def _range(spec: str) -> tuple[float, ...]:
@@ -53,9 +64,11 @@ def _range(spec: str) -> tuple[float, ...]:
     step = nums[2] if len(nums) == 3 else 1.0
     if step <= 0 or stop < start:
         raise ShiftlabError(f"bad shift range {spec!r}: need STOP >= START and STEP > 0")
-    count = int(round((stop - start) / step)) + 1
-    if count > 10_000:
-        raise ShiftlabError(f"shift range {spec!r} has {count} values; use a larger step")
+    steps = (stop - start) / step                      # may overflow to inf: compare as float
+    if not steps + 1 <= MAX_AXIS:
+        raise ShiftlabError(f"shift range {spec!r} has {steps + 1:.3g} values, more than the cap "
+                            f"of {MAX_AXIS:,} per axis; use a smaller range or a larger step")
+    count = int(round(steps)) + 1
     return tuple(round(start + i * step, 9) for i in range(count))
 
 
@@ -73,16 +86,16 @@ class ShiftSet:
     def grid(cls, *axes: Sequence[float], spec: str = "") -> "ShiftSet":
         """Every combination of the values per axis: ``grid(ys, xs)`` or ``grid(ts)``."""
         axes = tuple(tuple(float(v) for v in a) for a in axes)
-        count = math.prod(len(a) for a in axes)
-        if count > MAX_SHIFTS:
-            raise ShiftlabError(f"the shift grid {spec or ''} has {count:,} shifts (at most "
-                                f"{MAX_SHIFTS:,}); use a larger step or a line such as x=-8:8")
+        _check_count(math.prod(len(a) for a in axes),
+                     spec or f"grid {'x'.join(str(len(a)) for a in axes)}")
         shifts = tuple(itertools.product(*axes))
         return cls(shifts, axes, spec or f"grid {'x'.join(str(len(a)) for a in axes)}")
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[Sequence[float]], spec: str = "", rank: int = 2) -> "ShiftSet":
         """An explicit list of shifts, each with ``rank`` entries."""
+        pairs = list(pairs)
+        _check_count(len(pairs), spec or "the list of shifts")
         shifts = tuple(tuple(float(v) for v in (p if isinstance(p, (tuple, list, torch.Tensor))
                                                  else (p,))) for p in pairs)
         if not shifts:
@@ -93,8 +106,6 @@ class ShiftSet:
                                 + ("one number per shift" if rank == 1 else f"{rank} numbers per shift"))
         if not all(math.isfinite(v) for pair in shifts for v in pair):
             raise ShiftlabError("shifts must be finite numbers")
-        if len(shifts) > MAX_SHIFTS:
-            raise ShiftlabError(f"{len(shifts):,} shifts given (at most {MAX_SHIFTS:,})")
         return cls(shifts, spec=spec or ";".join(",".join(f"{v:g}" for v in p) for p in shifts))
 
     @classmethod

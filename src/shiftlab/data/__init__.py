@@ -11,6 +11,8 @@
 =============================  ==========================================================
 
 Every problem (a missing, empty, corrupt or mismatched file) is a one-line ShiftlabError.
+Sizes are capped (:mod:`shiftlab.data.limits`): at most ``MAX_VALUES`` = 2**27 image values
+in memory (e.g. ``synthetic:171196`` at 1x28x28), checked before anything is allocated.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .canvas import centred_position, place_on_canvas, random_positions
 from .files import load_array_file
 from .folder import load_image_folder
 from .idx import load_idx_dir, read_idx
+from .limits import MAX_IMAGE_PIXELS, MAX_VALUES, check_values
 from .mnist import find_mnist, load_mnist
 from .synthetic import synthetic_images
 
@@ -33,7 +36,7 @@ DIGITS_TRAIN = 1500          # the first 1500 of sklearn's 1797 digits train, th
 
 __all__ = ["load_data", "synthetic_images", "place_on_canvas", "random_positions",
            "centred_position", "read_idx", "load_idx_dir", "load_mnist", "find_mnist",
-           "load_image_folder", "load_array_file"]
+           "load_image_folder", "load_array_file", "MAX_VALUES", "MAX_IMAGE_PIXELS"]
 
 
 def _uint8_pair(x: np.ndarray, y: np.ndarray, scale: float = 255.0) -> tuple[Tensor, Tensor]:
@@ -52,12 +55,38 @@ def _digits(split: str) -> tuple[Tensor, Tensor]:
     return x[part], y[part]
 
 
+def _synthetic(spec: str, rest: str, seed: int) -> Tensor:
+    parts = rest.split(":") if rest else []
+    try:
+        n = int(parts[0]) if parts else 256
+        shape = tuple(int(v) for v in parts[1].lower().split("x")) if len(parts) > 1 else (1, 28, 28)
+    except ValueError:
+        n, shape = 0, ()
+    if len(parts) > 2 or n < 1 or len(shape) != 3 or min(shape) < 1:
+        raise ShiftlabError(f"bad data spec {spec!r}; write synthetic:N or synthetic:N:CxHxW "
+                            "with positive numbers")
+    check_values(n * shape[0] * shape[1] * shape[2], spec)
+    return synthetic_images(n, shape, seed)
+
+
 def load_data(spec: str, split: str = "test", seed: int = 0) -> tuple[Tensor, Tensor | None]:
     """Turn a data spec (see the module doc) into ``(images, labels or None)``.
 
     ``split`` is the default split for sources that have them; a spec's own
-    ``:split`` suffix wins.
+    ``:split`` suffix wins. Every source must give at least one image.
     """
+    if not spec.strip():
+        raise ShiftlabError("the data spec is empty; give e.g. mnist, synthetic:256 or a file "
+                            "(see --help)")
+    x, y = _load(spec, split, seed)
+    if len(x) == 0:
+        raise ShiftlabError(f"{spec} holds no images")
+    if y is not None and len(y) != len(x):
+        raise ShiftlabError(f"{spec}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _load(spec: str, split: str, seed: int) -> tuple[Tensor, Tensor | None]:
     name, _, rest = spec.partition(":")
     if name == "mnist":
         return _uint8_pair(*load_mnist(rest or split), scale=256.0)   # the pickle's k/256
@@ -78,17 +107,5 @@ def load_data(spec: str, split: str = "test", seed: int = 0) -> tuple[Tensor, Te
         x, y, _ = load_image_folder(rest)
         return x, y
     if name == "synthetic":
-        try:
-            n = int(rest.split(":")[0]) if rest else 256
-            shape = tuple(int(v) for v in rest.split(":")[1].split("x")) if ":" in rest else (1, 28, 28)
-        except ValueError:
-            raise ShiftlabError(f"bad data spec {spec!r}; write synthetic:N or synthetic:N:CxHxW") from None
-        if n < 1 or len(shape) != 3 or min(shape) < 1:
-            raise ShiftlabError(f"bad data spec {spec!r}; need N >= 1 and a CxHxW shape")
-        return synthetic_images(n, shape, seed), None
-    x, y = load_array_file(spec)
-    if len(x) == 0:
-        raise ShiftlabError(f"{spec} holds no images")
-    if y is not None and len(y) != len(x):
-        raise ShiftlabError(f"{spec}: {len(x)} images but {len(y)} labels")
-    return x, y
+        return _synthetic(spec, rest, seed), None
+    return load_array_file(spec)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShiftlabError
+from ..errors import ShiftlabError, one_line
+from .limits import check_values, values
 
 _TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
           0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -19,29 +21,43 @@ _PREFIX = {"train": "train", "test": "t10k"}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (``.gz`` or raw) into an array; corrupt files raise ShiftlabError."""
+    """Read one IDX file (``.gz`` or raw) into an array; corrupt files raise ShiftlabError.
+
+    The header's declared size is checked against :data:`~shiftlab.data.limits.MAX_VALUES`
+    before any data is read, and at most the declared bytes (plus one, to detect a lie) are
+    ever decompressed: a gzip bomb costs nothing.
+    """
     path = Path(path)
+    if not path.exists():
+        raise ShiftlabError(f"no such IDX file: {path}")
+    if not path.is_file():
+        raise ShiftlabError(f"{path} is not a regular file; give IDX files")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise ShiftlabError(f"no such IDX file: {path}") from None
-    except (OSError, EOFError) as err:
-        raise ShiftlabError(f"{path} is a corrupt gzip file ({err}); download it again") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _TYPES:
-        raise ShiftlabError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise ShiftlabError(f"{path} has a truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = _TYPES[raw[2]]
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _TYPES:
+                raise ShiftlabError(f"{path} is not an IDX file (bad magic number)")
+            ndim, dtype = head[3], _TYPES[head[2]]
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise ShiftlabError(f"{path} has a truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            check_values(values(dims), f"{path} (shape {'x'.join(map(str, dims))} by its header)",
+                         "give a smaller file")
+            expected = values(dims) * dtype.itemsize
+            data = f.read(expected + 1)                   # one byte more: a lying header shows
+    except ShiftlabError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:
+        raise ShiftlabError(f"{path} is a corrupt gzip file ({one_line(err)}); download it "
+                            "again") from None
+    if len(data) != expected:
+        found = f"{len(data)}" if len(data) < expected else "more"
         raise ShiftlabError(f"{path} is truncated or padded: header says {expected} data bytes "
-                            f"for shape {dims}, found {len(raw) - header}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+                            f"for shape {dims}, found {found}")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(directory: Path, prefix: str, kind: str) -> Path:
@@ -68,4 +84,7 @@ def load_idx_dir(directory: str | Path, split: str = "test") -> tuple[np.ndarray
                             f"{images.shape} and {labels.shape}")
     if len(images) != len(labels):
         raise ShiftlabError(f"{directory}: {len(images)} images but {len(labels)} labels")
+    if min(images.shape) < 1:
+        raise ShiftlabError(f"{directory}: the {split} images have shape {images.shape}; "
+                            "an IDX file with no pixels holds no images")
     return images, labels
