@@ -364,3 +364,13 @@ def test_crop_without_window_offsets_is_a_clear_error():
     r = audit(create_model("lenet-wolf", input_size=28), torch.rand(2, 1, 28, 28),
               protocol="crop", crop=(28, 28), shifts="0:0", pairs=1, crop_offsets="inclusive")
     assert r.invariance.consistency == 1.0
+
+
+@pytest.mark.parametrize("labels,match", [
+    (torch.tensor([0.5, 1.0]), "whole class indices"),
+    (torch.tensor([0, 10]), r"class indices in \[0, 9\]"),
+    (torch.tensor([-1, 2]), r"class indices in \[0, 9\]"),
+])
+def test_labels_that_are_not_class_indices_are_refused_by_the_api(labels, match):
+    with pytest.raises(ShiftlabError, match=match):
+        audit(create_model("conv-circular"), (torch.rand(2, 1, 8, 8), labels), shifts="-1:1")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .actions import ShiftAction, make_action, spatial_rank
-from .errors import ShiftlabError
+from .errors import ShiftlabError, check_seed
 from .law import Alignment, LayerGeometry, compare, layer_geometries
 from .metrics import Consistency, EquivarianceError, GridStability, SensitivityMap, masked_sq_norms
 from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers
@@ -81,8 +81,7 @@ class AuditConfig:
             raise ShiftlabError(f"margin must be 0 or more, got {self.margin}")
         if not math.isfinite(self.fill):
             raise ShiftlabError(f"the canvas fill must be a finite number, got {self.fill}")
-        if not 0 <= self.seed < 2 ** 63:
-            raise ShiftlabError(f"seed must be in [0, 2**63), got {self.seed}")
+        check_seed(self.seed)
         self.action()
         return self
 

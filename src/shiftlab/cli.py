@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ShiftlabError, UsageError, first_line, one_line, printable
+from .errors import MAX_SEED, ShiftlabError, UsageError, first_line, one_line, printable
 from .io import check_writable
 
 #: the most values one ``--input`` (or ``--crop``) may have: 2048x2048 grey, 3x1024x1024 colour
@@ -87,7 +87,7 @@ def _int_in(low: int, high: int | None = None):
 
 
 _positive, _index = _int_in(1), _int_in(0)
-_seed = _int_in(0, 2 ** 32 - 1)        # what every generator we seed takes (torch, numpy, k-means)
+_seed = _int_in(0, MAX_SEED)           # what every generator we seed takes (torch, numpy, k-means)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensitivity-layer", default="output", help="layer for the sensitivity map")
     p.add_argument("--limit", type=_positive, help="audit only the first N images")
     p.add_argument("--batch-size", type=int, default=256, help="most images in one forward pass")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="out/audit.json", help="where to write the JSON result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="train on the first N images only")
     p.add_argument("--init", help="start from these weights (tensors matching by name and shape), "
                                   "e.g. a baseline's model.safetensors before fine-tuning a converted net")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True, help="folder for checkpoint.pt, model.safetensors, train.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
@@ -242,8 +242,14 @@ def cmd_audit(args) -> None:
     if args.crop is not None and len(args.crop) != 2:
         raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
     _layer_names(args.layers)
-    from .audit import audit
+    from .audit import AuditConfig, audit
     from .data import load_data
+    config = AuditConfig(
+        protocol=args.protocol, shifts=args.shifts, layers=args.layers, pairs=args.pairs,
+        pair_range=args.pair_range, margin=args.margin, fill=args.fill, crop=args.crop,
+        crop_offsets=args.crop_offsets, batch_size=args.batch_size, seed=args.seed,
+        sensitivity_layer=args.sensitivity_layer, name=args.model,
+        progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
     x, y = load_data(args.data, split="test", seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
@@ -255,12 +261,7 @@ def cmd_audit(args) -> None:
                                 f"use --canvas {max(h, w)} or more")
         x = place_on_canvas(x, (args.canvas, args.canvas))
     model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
-    result = audit(model, (x, y), protocol=args.protocol, shifts=args.shifts, layers=args.layers,
-                   pairs=args.pairs, pair_range=args.pair_range, margin=args.margin, fill=args.fill,
-                   crop=args.crop, crop_offsets=args.crop_offsets,
-                   batch_size=args.batch_size, seed=args.seed,
-                   sensitivity_layer=args.sensitivity_layer, name=args.model,
-                   progress=not args.quiet and sys.stderr.isatty())
+    result = audit(model, (x, y), config)
     print(result.table())
     path = result.to_json(args.out)
     print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")

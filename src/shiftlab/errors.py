@@ -7,6 +7,21 @@ import unicodedata
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")     # terminal control sequences (colour, bold)
 
 
+#: Every generator shiftlab seeds (torch, numpy, k-means, the audit's pairs) takes 0 … 2**32 − 1.
+MAX_SEED = 2 ** 32 - 1
+
+
+def check_seed(seed) -> int:
+    """``seed`` if it is a whole number in ``[0, MAX_SEED]``, else a one-line error.
+
+    >>> check_seed(7)
+    7
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ShiftlabError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
+
+
 class ShiftlabError(ValueError):
     """Bad input to shiftlab (a shape, a name, a file, a shift). The CLI prints it on one
     line and exits with status 2; library callers can catch it as a ``ValueError``."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import ShiftlabError, one_line, run_model
+from .errors import MAX_SEED, ShiftlabError, check_seed, one_line, run_model
 from .io import check_writable, digest, locked_folder, write_bytes_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -70,8 +70,7 @@ class TrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ShiftlabError(f"{name} must be a whole number of at least 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ShiftlabError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
+        check_seed(self.seed)
         if not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
             raise ShiftlabError(f"lr must be a positive finite number (e.g. 3e-3), got {self.lr!r}")
         if self.schedule not in SCHEDULES:
@@ -92,7 +91,7 @@ class TrainRecord:
 
 
 SCHEDULES = ("cosine", "constant")
-MAX_SEED = 2**32 - 1               # numpy's range; seed·1_000_003 + epoch stays in int64
+# MAX_SEED (errors.py) is numpy's range; seed·1_000_003 + epoch stays in int64
 
 
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
