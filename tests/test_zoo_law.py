@@ -12,13 +12,14 @@ from shiftlab.models import create_model, list_models
 from shiftlab.probe import Probe, infer_layers
 from shiftlab.shifts import ShiftSet
 
-SHIFTS = "0,0;0,2;2,-1;-4,4"
+SHIFTS = {2: "0,0;0,2;2,-1;-4,4", 1: "0;2;-1;4"}
 
 
 def _example(model) -> torch.Tensor:
-    """A small batch the model runs on (zoo models take 1-channel inputs of these sizes)."""
-    for size in (28, 29, 32):
-        x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(size))
+    """A small batch the model runs on (zoo models take 1-channel images or signals of
+    these sizes)."""
+    for shape in [(1, s, s) for s in (28, 29, 32)] + [(1, 40, 81), (1, 64)]:
+        x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(shape[-1]), dtype=torch.float64)
         try:
             with torch.no_grad():
                 model(x)
@@ -33,9 +34,10 @@ def _example(model) -> torch.Tensor:
 def test_zoo_model_through_the_one_law(name, protocol):
     model = create_model(name).double().eval()
     x = _example(model).double()
-    result = audit(model, x, protocol=protocol, shifts=SHIFTS, pairs=0)
+    rank = x.ndim - 2
+    result = audit(model, x, protocol=protocol, shifts=SHIFTS[rank], pairs=0)
     action = make_action(protocol)
-    shifts = ShiftSet.parse(SHIFTS).tensor()
+    shifts = ShiftSet.parse(SHIFTS[rank], rank=rank).tensor()
     infos = infer_layers(model, x[:1], None)
     geometries = layer_geometries(model, x[:1], action, infos, shifts)
     with Probe(model) as probe, torch.no_grad():

@@ -291,6 +291,10 @@ class _Engine:
         self.pair_rule = self.action.pair_range(size, self.grid.max_abs(), cfg.pair_range)
         if cfg.pairs:
             lo, hi = self.pair_rule.low, self.pair_rule.high
+            if any(h - l < (1 if self.action.integer else 1e-9) for l, h in zip(lo, hi)):
+                raise ShiftlabError(f"no room for random consistency shifts on "
+                                    f"{'x'.join(map(str, size))} inputs ({self.pair_rule.words}); "
+                                    "use --pairs 0 or larger inputs")
             last = [h - 1 if self.action.integer else h for h in hi]
             try:
                 self.action.check_shifts(size, torch.tensor([lo, last], dtype=torch.float64))

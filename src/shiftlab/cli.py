@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--data", default="synthetic:256",
                    help="mnist[:split], fashion-mnist, digits, idx:DIR, folder:DIR, "
-                        "synthetic[:N[:CxHxW]] or an .npz/.npy/.pt file (default synthetic:256)")
+                        "synthetic[:N[:CxHxW or CxT]], spoken-digits[-wave], an .npz/.npy/.pt file, "
+                        "or signals:FILE for N x C x T arrays (default synthetic:256)")
     p.add_argument("--canvas", type=_positive, help="place each image centred on an NxN canvas first")
     p.add_argument("--protocol", default="circular", choices=["circular", "canvas", "crop", "fractional"])
     p.add_argument("--shifts", help="shift grid: -4:4, x=-8:8, -1:1:0.25 or 0,0;1,2 "
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("layers", "Show the layers shiftlab probes, with their measured strides.")
     model_args(p)
     p.add_argument("--input", type=_size, default=(1, 28, 28),
-                   help="one input's CxHxW (default 1x28x28; at most 4,194,304 values)")
+                   help="one input's CxHxW, or CxT for signals (default 1x28x28; at most 4,194,304 values)")
     p.add_argument("--all", action="store_true", help="every submodule, not just the default set")
 
     p = command("train", "Train a zoo model (Adam, seeded, resumable checkpoints every epoch).")
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "no pre-blur for aps)")
     p.add_argument("--padding", help="blur padding: reflect, replicate, zeros or circular")
     p.add_argument("--input", type=_size, default=(1, 28, 28),
-                   help="one input's CxHxW, to check sizes (default 1x28x28)")
+                   help="one input's CxHxW, or CxT for signals, to check sizes (default 1x28x28)")
     p.add_argument("--out", required=True, help="where to write the converted weights (.safetensors or .pt)")
 
     p = command("animate", "Animate feature maps of a digit sliding over a canvas (Wolf's GIF).")
@@ -239,8 +240,9 @@ def _load_model(args, input_size: int | None = None):
 
 def cmd_audit(args) -> None:
     _output_file(args.out)                            # fail before the work, not after
-    if args.crop is not None and len(args.crop) != 2:
-        raise ShiftlabError(f"--crop needs HxW, got {'x'.join(map(str, args.crop))}")
+    if args.crop is not None and len(args.crop) not in (1, 2):
+        raise ShiftlabError(f"--crop needs HxW (images) or T (signals), got "
+                            f"{'x'.join(map(str, args.crop))}")
     _layer_names(args.layers)
     from .audit import AuditConfig, audit
     from .data import load_data
@@ -253,6 +255,12 @@ def cmd_audit(args) -> None:
     x, y = load_data(args.data, split="test", seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
+    if args.crop is not None and len(args.crop) != x.ndim - 2:
+        raise ShiftlabError(f"--crop {'x'.join(map(str, args.crop))} does not fit "
+                            + ("images: give HxW" if x.ndim == 4 else "signals: give one length T"))
+    if args.canvas is not None and x.ndim == 3:
+        raise ShiftlabError("--canvas places images on a larger canvas; the data are 1-D signals "
+                            "(pad them in the data instead)")
     if args.canvas is not None:
         from .data import place_on_canvas
         h, w = x.shape[-2:]
@@ -286,8 +294,9 @@ def cmd_models(args) -> None:
 def cmd_layers(args) -> None:
     import torch
     from .probe import infer_layers, resolve_layers
-    if len(args.input) != 3:
-        raise ShiftlabError(f"--input needs CxHxW, got {'x'.join(map(str, args.input))}")
+    if len(args.input) not in (2, 3):
+        raise ShiftlabError(f"--input needs CxHxW (images) or CxT (signals), got "
+                            f"{'x'.join(map(str, args.input))}")
     model = _load_model(args, input_size=args.input[-1]).eval()
     names = resolve_layers(model, "all" if args.all else None)
     infos = infer_layers(model, torch.zeros(1, *args.input, dtype=_dtype(args.dtype)), names)
@@ -352,8 +361,9 @@ def cmd_convert(args) -> None:
         raise ShiftlabError(f"--out must end in .safetensors or .pt, got {str(out)!r}")
     if args.method not in METHODS:
         raise ShiftlabError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)}")
-    if len(args.input) != 3:
-        raise ShiftlabError(f"--input needs CxHxW, got {'x'.join(map(str, args.input))}")
+    if len(args.input) not in (2, 3):
+        raise ShiftlabError(f"--input needs CxHxW (images) or CxT (signals), got "
+                            f"{'x'.join(map(str, args.input))}")
     check_input_shape(args.input)
     if args.method == "circular" and (args.filter_size is not None or args.padding is not None):
         raise ShiftlabError("--filter-size and --padding set the blur of blurpool and aps; "

@@ -6,8 +6,12 @@
 ``digits[:train|test]``        scikit-learn's 8x8 digits (always present)
 ``idx:DIR[:train|test]``       MNIST-format IDX files (gzipped or raw) in DIR
 ``folder:DIR``                 one sub-folder per class, images read with Pillow
-``synthetic[:N[:CxHxW]]``      N seeded random smooth images, no labels
+``synthetic[:N[:CxHxW]]``      N seeded random smooth images, no labels (``:N:CxT``: signals)
 ``FILE.npz|.npy|.pt``          arrays (see :mod:`shiftlab.data.files`)
+``signals:FILE``               the same arrays read as 1-D signals ``N×C×T`` (or ``N×T``)
+``spoken-digits[:train|test]`` "zero" … "nine" spoken by espeak-ng (:mod:`shiftlab.data.speech`)
+                               as ``N×1×40×81`` log-mel spectrograms
+``spoken-digits-wave[:split]`` the same words as ``N×1×6400`` waveforms (8 kHz): signals
 =============================  ==========================================================
 
 Every problem (a missing, empty, corrupt or mismatched file) is a one-line ShiftlabError.
@@ -16,6 +20,7 @@ in memory (e.g. ``synthetic:171196`` at 1x28x28), checked before anything is all
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +67,10 @@ def _synthetic(spec: str, rest: str, seed: int) -> Tensor:
         shape = tuple(int(v) for v in parts[1].lower().split("x")) if len(parts) > 1 else (1, 28, 28)
     except ValueError:
         n, shape = 0, ()
-    if len(parts) > 2 or n < 1 or len(shape) != 3 or min(shape) < 1:
-        raise ShiftlabError(f"bad data spec {spec!r}; write synthetic:N or synthetic:N:CxHxW "
-                            "with positive numbers")
-    check_values(n * shape[0] * shape[1] * shape[2], spec)
+    if len(parts) > 2 or n < 1 or len(shape) not in (2, 3) or min(shape) < 1:
+        raise ShiftlabError(f"bad data spec {spec!r}; write synthetic:N, synthetic:N:CxHxW "
+                            "(images) or synthetic:N:CxT (signals) with positive numbers")
+    check_values(n * math.prod(shape), spec)
     return synthetic_images(n, shape, seed)
 
 
@@ -108,4 +113,23 @@ def _load(spec: str, split: str, seed: int) -> tuple[Tensor, Tensor | None]:
         return x, y
     if name == "synthetic":
         return _synthetic(spec, rest, seed), None
+    if name in ("spoken-digits", "spoken-digits-wave"):
+        return _spoken(name, rest or (split if split != "val" else "test"))
+    if name == "signals":
+        return load_array_file(rest, rank=1)
     return load_array_file(spec)
+
+
+def _spoken(name: str, split: str) -> tuple[Tensor, Tensor]:
+    """The spoken digits (made once with espeak-ng, or its synthetic stand-in): log-mel
+    spectrograms, or with ``-wave`` the waveforms as one-channel signals."""
+    import sys
+    from .speech import load_spoken_digits, spoken_digits
+    say = lambda text: print(text, file=sys.stderr)
+    if name == "spoken-digits":
+        return load_spoken_digits(split, log=say)
+    if split not in ("train", "test"):
+        raise ShiftlabError(f"spoken-digits-wave has splits train and test, not {split!r}")
+    data = spoken_digits(log=say)
+    part = data.split(max(1, len(set(data.voices)) // 4), 0)[0 if split == "train" else 1]
+    return part.waveforms[:, None], part.labels

@@ -41,12 +41,15 @@ def _as_tensor(array, source: str, what: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _as_images(array, source: str) -> Tensor:
-    x = _as_tensor(array, source, "images")
-    if x.ndim == 3:
+def _as_images(array, source: str, rank: int = 2) -> Tensor:
+    """Images ``N×C×H×W`` (``N×H×W`` gets one channel), or for ``rank=1`` signals
+    ``N×C×T`` (``N×T`` gets one channel), as float."""
+    x = _as_tensor(array, source, "images" if rank == 2 else "signals")
+    if x.ndim == rank + 1:
         x = x[:, None]
-    if x.ndim != 4:
-        raise ShiftlabError(f"{source}: images must be N x C x H x W (or N x H x W), "
+    if x.ndim != rank + 2:
+        layout = "N x C x H x W (or N x H x W)" if rank == 2 else "N x C x T (or N x T)"
+        raise ShiftlabError(f"{source}: {'images' if rank == 2 else 'signals'} must be {layout}, "
                             f"got shape {tuple(x.shape)}")
     check_values(x.numel(), source)
     if x.dtype == torch.bool:
@@ -78,13 +81,13 @@ def _pick(mapping, keys):
     return None
 
 
-def _from_mapping(mapping, source: str) -> tuple[Tensor, Tensor | None]:
-    x = _pick(mapping, ("x", "images", "data"))
+def _from_mapping(mapping, source: str, rank: int = 2) -> tuple[Tensor, Tensor | None]:
+    x = _pick(mapping, ("x", "images", "signals", "data"))
     if x is None:
         raise ShiftlabError(f"{source} has no 'x' or 'images' entry (found: "
                             f"{', '.join(map(str, mapping.keys()))})")
     y = _pick(mapping, ("y", "labels", "targets"))
-    return _as_images(x, source), (None if y is None else _as_labels(y, source))
+    return _as_images(x, source, rank), (None if y is None else _as_labels(y, source))
 
 
 def _npy_header(f, source: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -112,15 +115,15 @@ def _check_zip(path: Path, source: str) -> None:
                     _npy_header(member, f"{source}:{info.filename[:-4]}")
 
 
-def _read(path: Path, spec: str) -> tuple[Tensor, Tensor | None]:
+def _read(path: Path, spec: str, rank: int = 2) -> tuple[Tensor, Tensor | None]:
     if path.suffix == ".npz":
         _check_zip(path, spec)
         with np.load(path, allow_pickle=False) as f:     # reads only the entries picked
-            return _from_mapping(f, spec)
+            return _from_mapping(f, spec, rank)
     if path.suffix == ".npy":
         with open(path, "rb") as f:
             _npy_header(f, spec)
-        return _as_images(np.load(path, allow_pickle=False), spec), None
+        return _as_images(np.load(path, allow_pickle=False), spec, rank), None
     if path.suffix in (".pt", ".pth"):
         if zipfile.is_zipfile(path):
             _check_zip(path, spec)
@@ -128,15 +131,16 @@ def _read(path: Path, spec: str) -> tuple[Tensor, Tensor | None]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict):
-            return _from_mapping(obj, spec)
+            return _from_mapping(obj, spec, rank)
         if isinstance(obj, (tuple, list)) and len(obj) == 2:
-            return _as_images(obj[0], spec), _as_labels(obj[1], spec)
-        return _as_images(obj, spec), None
+            return _as_images(obj[0], spec, rank), _as_labels(obj[1], spec)
+        return _as_images(obj, spec, rank), None
     raise ShiftlabError(f"unknown data format {path.suffix!r} for {spec}; use .npz, .npy or .pt")
 
 
-def load_array_file(spec: str) -> tuple[Tensor, Tensor | None]:
-    """Read images (and labels, if present) from an ``.npz``, ``.npy`` or ``.pt`` file."""
+def load_array_file(spec: str, rank: int = 2) -> tuple[Tensor, Tensor | None]:
+    """Read images (and labels, if present) from an ``.npz``, ``.npy`` or ``.pt`` file;
+    ``rank=1`` reads signals ``N×C×T`` (or ``N×T``) instead."""
     path = Path(spec)
     if not path.exists():
         raise ShiftlabError(f"data {spec!r} is neither a known source (see --help) nor an "
@@ -150,7 +154,7 @@ def load_array_file(spec: str) -> tuple[Tensor, Tensor | None]:
     if path.stat().st_size == 0:
         raise ShiftlabError(f"{spec} is empty")
     try:
-        return _read(path, spec)
+        return _read(path, spec, rank)
     except ShiftlabError:
         raise
     except Exception as err:                     # numpy/zip/pickle errors of a corrupt file

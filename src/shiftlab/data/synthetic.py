@@ -1,4 +1,4 @@
-"""Seeded synthetic images, for demos and tests that need no dataset."""
+"""Seeded synthetic images and signals, for demos and tests that need no dataset."""
 from __future__ import annotations
 
 import torch
@@ -6,11 +6,15 @@ from torch import Tensor
 
 
 def synthetic_images(n: int = 256, shape=(1, 28, 28), seed: int = 0) -> Tensor:
-    """``n`` smooth random images in [0, 1): white noise blurred by a 5x5 box, rescaled."""
+    """``n`` smooth random inputs in [0, 1): white noise blurred by a box of 5 per spatial
+    axis, rescaled. ``shape`` is ``(C, H, W)`` for images or ``(C, T)`` for signals."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(n, *shape, generator=g)
-    kernel = torch.ones(shape[0], 1, 5, 5) / 25
-    smooth = torch.nn.functional.conv2d(noise, kernel, padding=2, groups=shape[0])
-    lo = smooth.amin(dim=(1, 2, 3), keepdim=True)
-    hi = smooth.amax(dim=(1, 2, 3), keepdim=True)
+    rank = len(shape) - 1
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d)[rank - 1]
+    kernel = torch.ones(shape[0], 1, *([5] * rank)) / 5 ** rank
+    smooth = conv(noise, kernel, padding=2, groups=shape[0])
+    dims = tuple(range(1, rank + 2))
+    lo = smooth.amin(dim=dims, keepdim=True)
+    hi = smooth.amax(dim=dims, keepdim=True)
     return ((smooth - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1 - 1e-6)

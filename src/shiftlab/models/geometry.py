@@ -32,7 +32,7 @@ def chain_geometry(layers: Iterable[nn.Module]) -> Geometry:
     """Geometry of convs and pools applied one after the other (others are ignored)."""
     jump, field = 1, 1
     for m in layers:
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
             k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
             d = _pair(getattr(m, "dilation", 1))
             field += (k - 1) * d * jump
