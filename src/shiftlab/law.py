@@ -42,7 +42,7 @@ from .errors import ShiftlabError
 from .probe import LayerInfo, wrap_reach
 
 __all__ = ["LayerGeometry", "Alignment", "Comparison", "alignments", "expected", "compare",
-           "relative_error", "block_norms", "layer_geometries"]
+           "relative_error", "block_norms", "layer_geometries", "map_errors"]
 
 _F64 = torch.float64
 
@@ -252,6 +252,28 @@ def relative_error(c: Comparison) -> Tensor:
     return (num / den).sqrt() if den > 0 else (num > 0) * torch.tensor(float("inf"))
 
 
+def map_errors(f: Callable[[Tensor], Tensor], x: Tensor, shifts, action: ShiftAction,
+               stride: int = 1) -> list[float]:
+    """The law for a whole map ``f`` that keeps the input's size (or divides it by
+    ``stride``): the relative error of ``f(T_δ x)`` against ``T'_δ f(x)`` over the batch,
+    one number per shift ``δ`` in ``shifts``. For experiments that test a function rather
+    than a model's layers (a dense layer, a convolution theorem).
+
+    >>> import torch
+    >>> from shiftlab.actions import CircularShift
+    >>> conv = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular").double()
+    >>> max(map_errors(conv, torch.rand(2, 1, 6, 6, dtype=torch.float64), [(1, 2)], CircularShift())) < 1e-12
+    True
+    """
+    with torch.no_grad():
+        fx = f(x)
+        geometry = LayerGeometry.of(action, stride, fx.shape[2:], x.shape[2:])
+        if geometry.needs_reach:
+            geometry = dataclasses.replace(geometry, reach={})
+        return [float(relative_error(compare(action, geometry, f(action(x, d)), fx, d)))
+                for d in shifts]
+
+
 def _sq(t: Tensor) -> Tensor:
     """Per-sample squared L2 norm in float64."""
-    return torch.linalg.vector_norm(t.flatten(1), dim=1).to(_F64).square()
+    return torch.linalg.vector_norm(t.detach().flatten(1), dim=1).to(_F64).square()

@@ -13,10 +13,12 @@ from torch import nn
 from .errors import ShiftlabError, one_line
 from .models import create_model
 from .models.registry import builder_accepts
-from .train import WEIGHTS
 
 MAX_CHECKPOINT_BYTES = 2 ** 32      # what a .pt checkpoint may unpack to
 
+
+#: The weights file of a trained run's folder (``shiftlab train --out DIR`` writes DIR/WEIGHTS).
+WEIGHTS = "model.safetensors"
 
 def _call(what: str, fn):
     """``fn()``; whatever it raises or exits with (``sys.exit`` included, Ctrl-C excepted)

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import MAX_SEED, ShiftlabError, check_seed, one_line, run_model
+from .loading import WEIGHTS, load_matching_weights, load_model
 from .io import check_writable, digest, locked_folder, write_bytes_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "model.safetensors"
 RECORD = "train.json"
 DIGEST_KEY = "sha256"                 # metadata key of the tensors' SHA-256 in WEIGHTS
 
@@ -233,7 +233,6 @@ def weights_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes
 
 
 def build_model(config: TrainConfig, sample: Tensor) -> nn.Module:
-    from .loading import load_model
     from .models import builder_accepts, create_model
     torch.manual_seed(config.seed)
     if builder_accepts(config.model, "in_channels"):
@@ -380,7 +379,6 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     _check_labels(y_test, len(x_test), classes, "test")
     _check_model(model, config, len(x))
     if config.init and not resume:
-        from .loading import load_matching_weights
         verify_weights(config.init)
         loaded, kept = load_matching_weights(model, config.init)
         log(f"initialised {len(loaded)} tensors from {config.init}"

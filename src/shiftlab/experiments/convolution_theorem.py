@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from ..audit import TOLERANCE
 from ..errors import ShiftlabError, one_line
-from ..transforms import circular_shift
+from ..actions import CircularShift
+from ..law import map_errors
 from .base import ExperimentResult
 
 __all__ = ["check_convolution_theorem", "impulse_response", "circular_convolve",
@@ -116,11 +117,11 @@ def linearity_error(linear_map, x: Tensor, y: Tensor, a: float = 0.7, b: float =
 
 
 def equivariance_error(linear_map, x: Tensor, shifts) -> float:
-    """Worst ``‖f(T_δ x) − T_δ f(x)‖ / ‖T_δ f(x)‖`` over circular shifts ``δ`` in ``shifts``
-    (a list of ``(dy, dx)`` pairs). Works for any map from ``H×W`` to ``H×W`` images."""
-    fx = _apply(linear_map, x, x.shape[1:])
-    return max(relative_error(_apply(linear_map, circular_shift(x, d), x.shape[1:]),
-                              circular_shift(fx, d)) for d in shifts)
+    """Worst relative error of the law ``f(T_δ x) = T_δ f(x)`` over circular shifts ``δ`` in
+    ``shifts`` (``(dy, dx)`` pairs), as :func:`shiftlab.law.map_errors` measures it, for a
+    map from ``H×W`` to ``H×W`` images."""
+    _apply(linear_map, x, x.shape[1:])                  # one-line errors for maps that do not fit
+    return max(map_errors(linear_map, x, [tuple(d) for d in shifts], CircularShift()))
 
 
 @dataclass

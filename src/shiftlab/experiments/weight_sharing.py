@@ -21,7 +21,8 @@ from torch import nn
 
 from ..errors import ShiftlabError
 from .base import ExperimentResult
-from .convolution_theorem import equivariance_error
+from ..actions import CircularShift
+from ..law import map_errors
 
 __all__ = ["count_parameters", "dense_layer", "conv_as_dense", "run"]
 
@@ -95,7 +96,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     g = torch.Generator().manual_seed(seed)
     shifts = [tuple(int(v) for v in torch.randint(-side // 2, side // 2, (2,), generator=g)) for _ in range(6)]
     shifts += [(1, 0), (0, 1)]
-    errors = {name: equivariance_error(layer, x, shifts) for name, layer in layers.items()}
+    errors = {name: max(map_errors(layer, x, shifts, CircularShift())) for name, layer in layers.items()}
     matrix = tied[1].weight.detach()
     distinct = int(torch.unique(matrix[matrix != 0]).numel())     # the shared kernel's 75 weights
     for name, err in errors.items():
