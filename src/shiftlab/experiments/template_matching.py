@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ShiftlabError
-from ..transforms import canvas_shift
+from ..actions import CanvasShift, canvas_shift
+from ..law import map_errors
 from .base import ExperimentResult
-from .convolution_theorem import relative_error
 
 __all__ = ["cross_correlate", "locate", "TemplateMatcher", "run"]
 
@@ -162,8 +162,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     ref_max = float(ref.max())
     moved = canvas_shift(scene.expand(len(grid), -1, -1, -1), shifts)
     responses = matcher(moved)
-    expected = canvas_shift(ref.expand(len(grid), -1, -1, -1), shifts)
-    eq_errors = [relative_error(responses[k], expected[k]) for k in range(len(grid))]
+    eq_errors = map_errors(matcher, scene, grid, CanvasShift())       # the one law, per shift
     max_change = (responses.flatten(1).amax(1) - ref_max).abs()
     found = locate(responses, template.shape[-2:])
     truth = torch.tensor(positions[0]) + shifts
