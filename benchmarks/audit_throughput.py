@@ -26,7 +26,7 @@ from shiftlab.audit import iter_batches, pair_shifts
 from shiftlab.data import synthetic_images
 from shiftlab.models import create_model
 from shiftlab.shifts import ShiftSet
-from shiftlab.transforms import make_action
+from shiftlab.actions import make_action
 
 PROTOCOL = "circular"
 

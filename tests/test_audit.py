@@ -10,7 +10,7 @@ from shiftlab.audit import pair_shifts
 from shiftlab.metrics import masked_sq_norms
 from shiftlab.models import ConvNet, create_model
 from shiftlab.probe import Probe
-from shiftlab.transforms import make_action
+from shiftlab.actions import make_action
 
 RANDOM_SHIFTS = [(0, 0), (1, 0), (0, -1), (3, -5), (-7, 2), (6, 6), (-2, -9)]
 

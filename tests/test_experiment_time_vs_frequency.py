@@ -13,7 +13,7 @@ from shiftlab.experiments.time_vs_frequency import (RATE, best_shift_correlation
                                                     time_shift_errors, translate_rows)
 from shiftlab.models import create_model
 from shiftlab.spectrogram import frequency_axis, spectrogram
-from shiftlab.transforms import canvas_shift
+from shiftlab.actions import canvas_shift
 
 
 # ----------------------------------------------------------------------------- pieces

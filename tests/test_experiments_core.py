@@ -12,7 +12,7 @@ from shiftlab.experiments.convolution_theorem import (TheoremReport, check_convo
 from shiftlab.experiments.pooling import PooledClassifier, nearest_mean_head, tolerated_shift
 from shiftlab.experiments.template_matching import TemplateMatcher, cross_correlate, locate
 from shiftlab.experiments.weight_sharing import conv_as_dense, count_parameters, dense_layer
-from shiftlab.transforms import canvas_shift, circular_shift
+from shiftlab.actions import canvas_shift, circular_shift
 
 
 # ----------------------------------------------------------------------------- convolution theorem

@@ -78,7 +78,7 @@ def test_sliding_lenet_equals_lenet_on_its_window_and_its_scores_are_equivariant
     canvas its window scores move one step per 2-pixel shift, exactly, and alias at odd ones."""
     from shiftlab.data import load_data, place_on_canvas
     from shiftlab.errors import ShiftlabError
-    from shiftlab.transforms import canvas_shift
+    from shiftlab.actions import canvas_shift
     torch.manual_seed(0)
     base = create_model("lenet-wolf").double().eval()
     sliding = create_model("lenet-wolf-sliding", input_size=38).double().eval()

@@ -1,7 +1,8 @@
 """shiftlab: measure, see and fix shift-equivariance and shift-invariance of CNNs.
 
-The flow: ``transforms`` (exact shift actions) → ``probe`` (named layer outputs) →
-``metrics`` (streaming) → ``audit`` (the engine) → ``result`` (JSON) → CLI.
+The flow: ``data`` → ``actions`` (exact shift actions on N×C×T and N×C×H×W) → ``probe``
+(named layer outputs) → ``law`` (the one comparison) and ``metrics`` (streaming) →
+``audit`` (the engine) → ``result`` (JSON) → ``report`` and the CLI.
 
 The public names below are imported on first use (PEP 562), so ``import shiftlab`` and the
 command line start without importing torch; that keeps Ctrl-C during start-up one line.
@@ -18,12 +19,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "audit": "audit", "AuditResult": "result", "LayerResult": "result",
     "InvarianceResult": "result", "Provenance": "result", "ShiftlabError": "errors",
-    "Probe": "probe", "default_layers": "probe", "infer_layers": "probe", "ShiftSet": "shifts",
-    "make_action": "transforms", "circular_shift": "transforms", "canvas_shift": "transforms",
-    "crop_shift": "transforms", "fractional_shift": "transforms", "rot90": "transforms",
-    "flip": "transforms", "convert": "convert", "BlurPool": "layers", "blur_pool": "layers",
+    "AuditConfig": "audit", "Probe": "probe", "default_layers": "probe",
+    "infer_layers": "probe", "ShiftSet": "shifts",
+    "make_action": "actions", "circular_shift": "actions", "canvas_shift": "actions",
+    "crop_shift": "actions", "fractional_shift": "actions", "rot90": "actions",
+    "flip": "actions", "compare": "law", "LayerGeometry": "law",
+    "convert": "convert", "BlurPool": "layers", "blur_pool": "layers",
     "MaxBlurPool": "layers", "BlurConv": "layers", "APS": "layers", "APSShortcut": "layers",
-    "aps_downsample": "layers", "Pad2d": "layers",
+    "aps_downsample": "layers", "Pad": "layers", "Pad1d": "layers", "Pad2d": "layers",
 }
 __all__ = list(_EXPORTS)
 

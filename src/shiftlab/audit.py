@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .actions import ShiftAction, make_action, spatial_rank
 from .errors import ShiftlabError, check_seed
-from .law import Alignment, LayerGeometry, compare, layer_geometries
+from .law import Alignment, LayerGeometry, alignments, compare, layer_geometries
 from .metrics import Consistency, EquivarianceError, GridStability, SensitivityMap, masked_sq_norms
 from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers
 from .result import AuditResult, InvarianceResult, LayerResult, Provenance
@@ -167,6 +167,13 @@ class _Layer:
     comparison: str                   # "equivariance" | "invariance" | "skipped"
     geometry: LayerGeometry | None
     metric: EquivarianceError | None
+    aligned: dict = dataclasses.field(default_factory=dict)   # shift -> the law's alignments
+
+    def alignments(self, action: ShiftAction, shift: tuple[float, ...]) -> list[Alignment]:
+        """The law's alignments at ``shift`` (the same for every batch: kept)."""
+        if shift not in self.aligned:
+            self.aligned[shift] = alignments(action, self.geometry, shift)
+        return self.aligned[shift]
 
 
 class _FastNorms:
@@ -209,6 +216,10 @@ class _FastNorms:
     def _box_sq(self, box: tuple[slice, ...], images: slice) -> Tensor:
         """``Σ ‖ref‖²`` over a box, per sample (inclusion–exclusion on the integral image)."""
         s = self.integral[images]
+        if self.rank == 2:                               # the common case, spelled out
+            (r, c) = box
+            return (s[:, r.stop, c.stop] - s[:, r.start, c.stop]
+                    - s[:, r.stop, c.start] + s[:, r.start, c.start])
         total = 0
         for corner in range(1 << self.rank):
             index, sign = [slice(None)], 1
@@ -346,7 +357,8 @@ class _Engine:
             name = layer.info.name
             out, fast = feats[name], norms.get(name)
             c = compare(self.action, layer.geometry, out, ref[name][images], shift,
-                        norms=None if fast is None else (lambda o, a, f=fast: f(o, a, images)))
+                        norms=None if fast is None else (lambda o, a, f=fast: f(o, a, images)),
+                        cands=layer.alignments(self.action, shift))
             layer.metric.update(gidx, c.diff_sq, c.ref_sq, c.positions)
             if name == self.config.sensitivity_layer:
                 d2, r2 = c.diff_sq, c.ref_sq

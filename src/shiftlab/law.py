@@ -218,13 +218,15 @@ class Comparison:
 
 
 def compare(action: ShiftAction, geometry: LayerGeometry, out: Tensor, ref: Tensor,
-            shift: Sequence[float], norms: Callable | None = None) -> Comparison:
+            shift: Sequence[float], norms: Callable | None = None,
+            cands: list[Alignment] | None = None) -> Comparison:
     """Compare ``out = φ(T_δ x)`` with ``T'_δ φ(x)`` (``ref = φ(x)``) for every sample.
 
     Integer alignments go through ``norms(out, alignment)`` (default :func:`block_norms`
     against ``ref``); of several candidates each sample keeps the smallest relative error.
+    ``cands``: :func:`alignments` for this shift, when the caller keeps them.
     """
-    cands = alignments(action, geometry, shift)
+    cands = alignments(action, geometry, shift) if cands is None else cands
     if not cands:
         zero = torch.zeros(len(out), dtype=_F64, device=out.device)
         return Comparison(None, zero, zero, 0)

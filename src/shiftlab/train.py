@@ -122,7 +122,7 @@ def prepare(x: Tensor, canvas: int | None) -> Tensor:
 def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, shift: int):
     """Shuffled ``(images, labels)`` batches; with ``shift`` each image moves by a random
     canvas shift in ``[-shift, shift]²`` (what leaves the frame is lost)."""
-    from .transforms import canvas_shift
+    from .actions import canvas_shift
     order = torch.randperm(len(x), generator=generator)
     for lo in range(0, len(x), batch_size):
         idx = order[lo:lo + batch_size]

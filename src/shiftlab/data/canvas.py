@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShiftlabError
-from ..transforms import canvas_shift
+from ..actions import canvas_shift
 
 
 def centred_position(image_size: tuple[int, int], canvas_size: tuple[int, int]) -> tuple[int, int]:

@@ -225,7 +225,7 @@ def _example_maps(shape, seed: int, dtype) -> dict[str, Callable[[Tensor], Tenso
 
 
 def _fourier_shift(x: Tensor, shift) -> Tensor:
-    from ..transforms import fractional_shift
+    from ..actions import fractional_shift
     return fractional_shift(x, shift)
 
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from shiftlab import ShiftlabError, canvas_shift, circular_shift, crop_shift, flip, fractional_shift, rot90
-from shiftlab.transforms import make_action
+from shiftlab.actions import make_action
 
 shift_st = st.tuples(st.integers(-9, 9), st.integers(-9, 9))
 
