@@ -441,7 +441,6 @@ class _Engine:
     def layer_results(self) -> list[LayerResult]:
         out = []
         nonzero = (self.shifts != 0).any(dim=1)
-        size = "x".join(map(str, self.input_shape[1:]))
         for layer in self.layers:
             info, k = layer.info, len(self.grid)
             if layer.metric is None:
@@ -458,9 +457,9 @@ class _Engine:
             compared = m.positions > 0
             comparison, note, geometry = layer.comparison, None, layer.geometry
             if not geometry.rolls:
-                note = (f"a circular shift of the {size} input is not a roll of this "
-                        f"{'x'.join(map(str, info.shape[1:]))} map (the layer changes the map "
-                        "size): compared only where its receptive field did not wrap")
+                note = ("the layer changes the map size, so a circular shift of the input is "
+                        "not a roll of its map: compared only where its receptive field did "
+                        "not wrap")
             if comparison == "equivariance" and bool(nonzero.any()) and not bool((compared & nonzero).any()):
                 comparison = "not comparable"
                 note = ("not comparable: the model fails on NaN inputs, so which positions "
