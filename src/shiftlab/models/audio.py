@@ -18,15 +18,17 @@ Any input size works (adaptive pooling); a test audits every zoo model on 28×28
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import ShiftlabError
-from .geometry import Geometry, chain_geometry
+from .convnet import ConvNet
 from .registry import register_model
 
 
-class AudioCNN(nn.Module):
-    """``[conv 3×3 → ReLU → (max-pool 2)] × 3 → max over time (per band) → linear``.
+class AudioCNN(ConvNet):
+    """``[conv 3×3 → ReLU → (max-pool 2)] × 3 → max over time (per band) → linear``: a
+    :class:`~shiftlab.models.convnet.ConvNet` without biases, zero padding, He-initialised,
+    with a per-band max instead of the global average.
 
     Args:
         channels: output channels of the three convolutions.
@@ -36,34 +38,16 @@ class AudioCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, channels=(8, 16, 32),
                  bands: int = 10, pool_after=(0, 1)):
-        super().__init__()
         if bands < 0:
             raise ShiftlabError(f"bands must be 0 (global pooling) or positive, got {bands}")
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for i, c_out in enumerate(channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU()]
-            if i in pool_after:
-                layers.append(nn.MaxPool2d(2))
-            c_in = c_out
-        self.features = nn.Sequential(*layers)
+        super().__init__(in_channels, channels, kernel_size=3, padding_mode="zeros",
+                         pool_after=pool_after, num_classes=num_classes, bias=False)
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         self.bands = bands
         self.pool = nn.AdaptiveMaxPool2d((max(bands, 1), 1))            # (C, bands, 1)
-        self.head = nn.Linear(c_in * max(bands, 1), num_classes)
-
-    def main_path(self) -> list[nn.Module]:
-        return list(self.features)
-
-    @property
-    def geometry(self) -> Geometry:
-        """Total stride and receptive field of the convolutional part (before the pooling)."""
-        return chain_geometry(self.main_path())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.pool(self.features(x)).flatten(1))
+        self.head = nn.Linear(channels[-1] * max(bands, 1), num_classes)
 
 
 @register_model

@@ -23,7 +23,7 @@ class ConvNet(nn.Module):
 
     Args:
         in_channels: input channels. channels: output channels of each conv.
-        dims: 2 for images (``Conv2d``), 1 for signals (``Conv1d``).
+        dims: 2 for images (``Conv2d``), 1 for signals (``Conv1d``). bias: conv biases.
         kernel_size: odd conv kernel size. padding_mode: ``"zeros"`` or ``"circular"``.
         pool_after: indices of the blocks followed by a 2x2 max-pool.
         num_classes: outputs of the linear head.
@@ -31,7 +31,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, channels=(16, 32, 32), kernel_size: int = 3,
                  padding_mode: str = "circular", pool_after=(), num_classes: int = 10,
-                 dims: int = 2):
+                 dims: int = 2, bias: bool = True):
         super().__init__()
         conv, pool, gap = {1: (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d),
                            2: (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)}[dims]
@@ -39,7 +39,7 @@ class ConvNet(nn.Module):
         c_in = in_channels
         for i, c_out in enumerate(channels):
             layers += [conv(c_in, c_out, kernel_size, padding=kernel_size // 2,
-                            padding_mode=padding_mode), nn.ReLU()]
+                            padding_mode=padding_mode, bias=bias), nn.ReLU()]
             if i in pool_after:
                 layers.append(pool(2))
             c_in = c_out
