@@ -197,6 +197,8 @@ class LayerFrames:
     stride: int
     raw: np.ndarray                  # (T, h, w, 3) uint8
     stable: np.ndarray | None        # (T, h', w', 3) uint8; None: no window common to all frames
+    error: np.ndarray | None = None  # (T,) the law's relative error against frame 0 (NaN: not
+                                     # comparable, or the stride does not divide the shift)
 
 
 @dataclass
@@ -254,8 +256,34 @@ def compute_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38,
             view.stable = stabilise(view.raw, shifts, view.stride)
         except ShiftlabError:                 # map too small for this path: raw view only
             view.stable = None
+    for view, info in zip(views[1:], infos):
+        view.error = law_errors(maps[info.name], shifts, info.stride)
     return AnimationFrames(positions, shifts, views, probs, label, title,
                            [str(k) for k in range(probs.shape[1])])
+
+
+def law_errors(maps: np.ndarray, shifts: np.ndarray, stride: int) -> np.ndarray:
+    """Per frame, the law of :mod:`shiftlab.law` under canvas shifts: the relative error of
+    the frame's map against frame 0's map moved by ``shift / stride``, on the positions both
+    define; NaN where the stride does not divide the shift or nothing is comparable.
+
+    >>> maps = np.zeros((2, 1, 4, 6)); maps[0, 0, 1, 1] = maps[1, 0, 1, 3] = 1.0
+    >>> law_errors(maps, np.array([[0, 0], [0, 2]]), 1).tolist()
+    [0.0, 0.0]
+    """
+    from ..actions import CanvasShift
+    from ..law import LayerGeometry, compare, relative_error
+    action = CanvasShift()
+    ref = torch.from_numpy(maps[:1])
+    geometry = LayerGeometry.same_size(action, stride, maps.shape[2:])
+    out = np.full(len(maps), np.nan)
+    for t, shift in enumerate(np.asarray(shifts).tolist()):
+        if any(int(d) % stride for d in shift):
+            continue
+        c = compare(action, geometry, torch.from_numpy(maps[t:t + 1]), ref, tuple(float(d) for d in shift))
+        if c.positions:
+            out[t] = float(relative_error(c))
+    return out
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -293,7 +321,7 @@ def render_frame(frames: AnimationFrames, t: int) -> Image.Image:
     left, top, gap, bars_w = 86, 68, 8, 190
     ncol = len(frames.layers)
     width = left + ncol * (CELL + gap) + bars_w
-    height = top + 2 * (CELL + gap) + 26
+    height = top + 2 * (CELL + gap) + 40
     frame = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(frame)
     dy, dx = (int(v) for v in frames.shifts[t])
@@ -314,6 +342,10 @@ def render_frame(frames: AnimationFrames, t: int) -> Image.Image:
         _paste_scaled(frame, view.raw[t], (x, top), scale)
         if view.stable is not None:
             _paste_scaled(frame, view.stable[t], (x, top + CELL + gap), scale)
+            if view.error is not None:
+                err = view.error[t]
+                draw.text((x, top + 2 * CELL + gap + 2), "law: -" if np.isnan(err) else
+                          f"law error {err:.1e}", fill=MUTED, font=small)
         else:
             draw.text((x + 6, top + CELL + gap + CELL // 2 - 14), "map too small\nfor this path",
                       fill=MUTED, font=small)
