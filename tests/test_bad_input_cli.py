@@ -174,8 +174,10 @@ OUT_OF_RANGE = {
                                       "cannot create 'afile/data/mnist.npz': 'afile' is a file"),
     "layers-input-zero": (["layers", "--model", "conv-circular", "--input", "0x28x28"],
                           "expected positive sizes"),
-    "layers-input-two-dims": (["layers", "--model", "conv-circular", "--input", "1x28"],
-                              "--input needs CxHxW, got 1x28"),
+    "layers-input-signal-for-an-image-model": (["layers", "--model", "conv-circular", "--input", "1x28"],
+                              "starts with a Conv2d (2-D inputs) but the data are 1-D signals"),
+    "layers-input-one-dim": (["layers", "--model", "conv-circular", "--input", "28"],
+                             "--input needs CxHxW (images) or CxT (signals), got 28"),
     "audit-layers-names-none": (["audit", "--model", "conv-circular", "--layers", ","],
                                 "--layers ',' names no layer"),
     "animate-layers-names-none": (["animate", "--model", "conv-circular", *DIGITS, "--layers", ""],
@@ -720,7 +722,9 @@ def test_ctrl_c_while_importing_torch_is_one_line_and_130(entry, delay, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT after the line was printed (rare, under heavy load, when the
+    # interpreter re-raises at shutdown): a shell reports both as status 130
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert err.splitlines() == ["interrupted"], err
     assert "wrote" not in out
     assert not (tmp_path / "new").exists()

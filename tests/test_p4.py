@@ -116,7 +116,7 @@ def test_bad_input_is_a_clear_error():
         P4GroupConv(2, 2, 3)(torch.zeros(1, 3, 4, 5, 5))
     with pytest.raises(ShiftlabError, match=r"\(N, C, 4, H, W\)"):
         P4GroupConv(1, 2, 3)(torch.zeros(1, 1, 3, 5, 5))
-    with pytest.raises(ShiftlabError, match="NCHW"):
+    with pytest.raises(ShiftlabError, match="N×C×H×W"):
         P4Lifting(1, 2, 3)(torch.zeros(1, 5, 5))
     with pytest.raises(ShiftlabError, match="'max' or 'mean'"):
         P4Pool("sum")
@@ -157,5 +157,5 @@ def test_rotate_and_rescale_reject_bad_input():
         rotate(torch.zeros(2, 1, 4, 4), [1, 2, 3])
     with pytest.raises(ShiftlabError, match="positive"):
         rescale(torch.zeros(1, 1, 4, 4), 0)
-    with pytest.raises(ShiftlabError, match="NCHW"):
+    with pytest.raises(ShiftlabError, match="N×C×H×W"):
         rotate(torch.zeros(4, 4), 10)

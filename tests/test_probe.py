@@ -119,7 +119,8 @@ def test_model_that_cannot_run_is_a_clear_error():
 @pytest.mark.parametrize("name", list_models())
 def test_every_zoo_model_runs_and_reports_strides(name):
     model = create_model(name).eval()
-    infos = infer_layers(model, torch.zeros(1, 1, 28, 28))
+    example = torch.zeros(1, 1, 64) if name.startswith("conv1d") else torch.zeros(1, 1, 28, 28)
+    infos = infer_layers(model, example)
     assert infos[-1].name == "output" and infos[-1].shape == (10,)
     assert all(i.stride_source != "unknown" for i in infos)
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .actions import ShiftAction, make_action, spatial_rank
+from .shapes import check_model_fits
 from .errors import ShiftlabError, check_seed
 from .law import Alignment, LayerGeometry, alignments, compare, layer_geometries
 from .metrics import Consistency, EquivarianceError, GridStability, SensitivityMap, masked_sq_norms
@@ -256,12 +257,6 @@ class _FastNorms:
         return d2, r2, positions
 
 
-def _first_layer(model: nn.Module) -> nn.Module | None:
-    """The first convolution (or pooling) of ``model``: what the data must fit."""
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    return next((m for m in model.modules() if isinstance(m, kinds)), None)
-
-
 class _Engine:
     """Holds the metric state of one audit; :meth:`process` folds in one batch."""
 
@@ -277,17 +272,7 @@ class _Engine:
     # --- first batch: validate and learn the model's layers ----------------------------
     def setup(self, x: Tensor) -> None:
         rank, cfg = spatial_rank(x), self.config
-        first = _first_layer(self.model)
-        if first is not None:
-            model_rank = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
-            if model_rank != rank:
-                raise ShiftlabError(
-                    f"the model starts with a {type(first).__name__} ({model_rank}-D inputs) but "
-                    f"the data are {'1-D signals (N x C x T)' if rank == 1 else '2-D images (N x C x H x W)'}; "
-                    "pick a model for this data")
-            if x.shape[1] != first.in_channels:
-                raise ShiftlabError(f"the model expects {first.in_channels}-channel inputs, the "
-                                    f"data has {x.shape[1]}; convert the data or pick another model")
+        check_model_fits(self.model, x)
         self.grid = ShiftSet.parse(cfg.shifts if cfg.shifts is not None else self.action.default_shifts,
                                    rank=rank)
         self.shifts = self.grid.tensor()                      # (K, rank) float64

@@ -294,12 +294,15 @@ def cmd_models(args) -> None:
 def cmd_layers(args) -> None:
     import torch
     from .probe import infer_layers, resolve_layers
+    from .shapes import check_model_fits
     if len(args.input) not in (2, 3):
         raise ShiftlabError(f"--input needs CxHxW (images) or CxT (signals), got "
                             f"{'x'.join(map(str, args.input))}")
     model = _load_model(args, input_size=args.input[-1]).eval()
     names = resolve_layers(model, "all" if args.all else None)
-    infos = infer_layers(model, torch.zeros(1, *args.input, dtype=_dtype(args.dtype)), names)
+    example = torch.zeros(1, *args.input, dtype=_dtype(args.dtype))
+    check_model_fits(model, example)
+    infos = infer_layers(model, example, names)
     rows = [("layer", "type", "output", "stride")] + [
         (i.name, i.kind, "x".join(map(str, i.shape)),
          "-" if i.stride is None else f"{i.stride} ({i.stride_source})") for i in infos]

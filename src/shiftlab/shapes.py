@@ -93,3 +93,22 @@ def module_rank(module: nn.Module) -> int | None:
 def size_text(sizes) -> str:
     """``(12,)`` → ``'12'``, ``(7, 9)`` → ``'7x9'``: a map size in a message."""
     return "x".join(str(int(s)) for s in sizes)
+
+
+def check_model_fits(model: nn.Module, x: Tensor) -> None:
+    """A one-line error when ``x`` (``N×C×…``) has another spatial rank or channel count
+    than ``model``'s first convolution or pooling expects (torch would read a signal given
+    to a ``Conv2d`` as one unbatched image and fail later, far from the cause)."""
+    first = next((m for m in model.modules() if module_rank(m) is not None), None)
+    if first is None:
+        return
+    rank, got = module_rank(first), x.ndim - 2
+    if rank != got:
+        raise ShiftlabError(
+            f"the model starts with a {type(first).__name__} ({rank}-D inputs) but the data are "
+            f"{ {1: '1-D signals (N×C×T)', 2: '2-D images (N×C×H×W)'}.get(got, f'{x.ndim}-D tensors') }"
+            f" of shape {tuple(x.shape)}; pick a model for this data")
+    channels = getattr(first, "in_channels", None)
+    if channels is not None and x.shape[1] != channels:
+        raise ShiftlabError(f"the model expects {channels}-channel inputs, the data has "
+                            f"{x.shape[1]}; convert the data or pick another model")
