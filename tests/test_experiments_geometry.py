@@ -118,3 +118,39 @@ def test_cli_runs_an_experiment_and_lists_them(tmp_path, capsys):
     assert main(["experiment", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("bag-of-features", "rotation", "receptive-fields"))
+
+
+# ----------------------------------------------------------------------------- shipped weights
+def test_receptive_fields_by_default_uses_the_shipped_lenet_wolf(tmp_path):
+    from shiftlab.models.pretrained import provenance
+    result = run_experiment("receptive-fields", tmp_path, log=_quiet)
+    weights = result.settings["weights"]
+    assert weights["source"] == "shipped" and weights["sha256"] == provenance("lenet-wolf")["sha256"]
+    assert weights["test_images"] == 10_000 and result.numbers["test_accuracy"] >= 0.98
+    assert "weights/lenet-wolf" in result.summary
+    assert all(result.claims.values()), result.claims
+    assert not (tmp_path / "receptive-fields-model").exists()         # nothing trained
+    _check_files(result, tmp_path)
+
+
+@pytest.mark.slow
+def test_rotation_by_default_uses_the_shipped_nets_and_every_claim_holds(tmp_path):
+    result = run_experiment("rotation", tmp_path, log=_quiet)
+    weights = result.settings["weights"]
+    assert {w["weights"] for w in weights.values()} == {"weights/rotation-lenet-wolf", "weights/rotation-p4-cnn"}
+    assert all(w["source"] == "shipped" and w["test_images"] == 10_000 for w in weights.values())
+    assert weights["p4-cnn"]["test_accuracy"] >= 0.97
+    assert all(result.claims.values()), result.claims
+    p4 = result.numbers["accuracy_rot90"]["p4-cnn"]
+    assert p4 == [p4[0]] * 4 and p4[0] >= 0.96                         # 1,000 of the test digits
+    assert not (tmp_path / "rotation-models").exists() and not (tmp_path / "experiment-models").exists()
+    _check_files(result, tmp_path)
+
+
+def test_experiment_model_describes_shipped_weights(tmp_path):
+    from shiftlab.experiments.trained import describe, experiment_model
+    model, info = experiment_model("rotation-p4-cnn", tmp_path, log=_quiet)
+    assert info["source"] == "shipped" and info["model"] == "p4-cnn" and len(info["sha256"]) == 64
+    assert info["config"]["canvas"] == 29 and not model.training
+    assert describe(info).startswith("shipped weights weights/rotation-p4-cnn, ")
+    assert describe(info).endswith("on 10,000 MNIST test digits")
