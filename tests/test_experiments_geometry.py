@@ -154,3 +154,19 @@ def test_experiment_model_describes_shipped_weights(tmp_path):
     assert info["config"]["canvas"] == 29 and not model.training
     assert describe(info).startswith("shipped weights weights/rotation-p4-cnn, ")
     assert describe(info).endswith("on 10,000 MNIST test digits")
+
+
+def test_experiment_model_retrains_with_the_entry_settings(tmp_path, monkeypatch):
+    from shiftlab.experiments.trained import FOLDER, experiment_model
+    from shiftlab.models import pretrained
+    tiny = pretrained.Pretrained("tiny-p4", "p4-cnn", epochs=1, canvas=29, limit=128, batch_size=64)
+    monkeypatch.setitem(pretrained.PRETRAINED, "tiny-p4", tiny)
+    lines = []
+    model, info = experiment_model("tiny-p4", tmp_path, retrain=True, log=lines.append)
+    assert info["source"] == "retrained" and info["weights"] == str(tmp_path / FOLDER / "tiny-p4")
+    assert {k: info["config"][k] for k in tiny.config()} == tiny.config()
+    assert info["test_images"] == 10_000 and 0 <= info["test_accuracy"] <= 1
+    assert info["sha256"] == pretrained.sha256(tmp_path / FOLDER / "tiny-p4" / "model.safetensors")
+    assert "128 MNIST training digits" in lines[0]
+    assert model(torch.zeros(1, 1, 29, 29)).shape == (1, 10)
+    assert not (tmp_path / "models").exists()                  # the report's audited models stay apart

@@ -31,8 +31,8 @@ def experiment_model(name: str, out: str | Path, *, retrain: bool = False,
         return model, info
     from ..train import train
     folder = Path(out) / FOLDER / name
-    log(f"training {name} ({entry.model}, {entry.epochs} epoch{'s' * (entry.epochs > 1)} on the "
-        f"50,000 MNIST training digits) ...")
+    log(f"training {name} ({entry.model}, {entry.epochs} epoch{'s' * (entry.epochs > 1)} on "
+        f"{f'{entry.limit:,}' if entry.limit else 'all 50,000'} MNIST training digits) ...")
     record = train(entry.train_config(), folder, progress=False, log=lambda *_: None)
     info = {"source": "retrained", "weights": str(folder), "model": entry.model,
             "sha256": sha256(folder / WEIGHTS_FILE), "config": record.config,

@@ -46,6 +46,7 @@ class Pretrained:
     canvas: int | None = None          # images placed centred on a canvas x canvas first
     init: str | None = None            # the entry whose weights this one starts from
     seed: int = 0
+    limit: int | None = None           # training digits (None: all 50,000; tests shrink it)
     min_accuracy: float = 0.98         # on all 10,000 MNIST test digits (a test checks it)
     used_by: str = "demo"
 
@@ -64,6 +65,8 @@ class Pretrained:
             args += ["--canvas", str(self.canvas)]
         if self.init:
             args += ["--init", str(root / self.init / WEIGHTS_FILE)]
+        if self.limit:
+            args += ["--limit", str(self.limit)]
         return args + ["--out", str(root / self.name), "--quiet"]
 
     def train_config(self, init: str | Path | None = None):
@@ -74,13 +77,13 @@ class Pretrained:
             raise ShiftlabError(f"{self.name} starts from {self.init}'s weights; say where they are")
         return TrainConfig(model=self.model, data="mnist", epochs=self.epochs, batch_size=self.batch_size,
                            lr=self.lr, augment=self.augment, canvas=self.canvas, seed=self.seed,
-                           init=None if init is None else str(init))
+                           limit=self.limit, init=None if init is None else str(init))
 
     def config(self) -> dict:
         """The settings ``train.json`` must show (a subset of its ``config``)."""
         return {"model": self.model, "data": "mnist", "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "augment": self.augment, "canvas": self.canvas,
-                "seed": self.seed, "limit": None}
+                "seed": self.seed, "limit": self.limit}
 
 
 PRETRAINED: dict[str, Pretrained] = {p.name: p for p in (
