@@ -43,7 +43,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
         training = {"epochs": 6, "batch_size": 32}
         train_xy = load_data(data, split="train", seed=seed)
     else:       # real MNIST on a 40x40 canvas: the shipped weights (or trained again the same way)
-        data, canvas, region, n_test = "mnist", 40, 2, 300
+        data, canvas, region, n_test = "mnist", 40, 2, 200
     x_test, y_test = load_data(data, split="test", seed=seed)
     x_test, y_test = x_test[:n_test], y_test[:n_test]
     reach = (canvas - x_test.shape[-1]) // 2            # farthest offset that keeps the digit whole

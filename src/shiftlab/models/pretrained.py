@@ -112,7 +112,7 @@ def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
     for file in (WEIGHTS_FILE, RECORD_FILE):
         if not (folder / file).is_file():
             raise ShiftlabError(f"shipped weights {name!r} are missing ({folder / file}); "
-                                "run `make weights` to train them, or train from scratch (--retrain)")
+                                "run `make weights` to train them again")
     return folder
 
 
