@@ -38,3 +38,33 @@ def test_demo_pieces_end_to_end_and_reuse(tmp_path, capsys):
     run_demo(tmp_path, settings=TINY)
     out = capsys.readouterr().out
     assert "reusing trained base" in out and "training tuned" in out
+
+
+# ----------------------------------------------------------------------------- shipped weights
+def test_the_demo_runs_every_experiment_and_its_models_are_the_shipped_ones():
+    from shiftlab.demo import RUNS
+    from shiftlab.experiments import EXPERIMENTS
+    from shiftlab.models.pretrained import PRETRAINED
+    assert DemoSettings().experiments == tuple(EXPERIMENTS) and len(EXPERIMENTS) == 8
+    assert DemoSettings().shipped and DemoSettings().test_images is None     # all 10,000 when training
+    for run in RUNS:                          # --retrain trains them exactly as they were shipped
+        p = PRETRAINED[run.name]
+        assert (run.model, run.epochs, run.lr, run.augment, run.init, run.limit) == \
+            (p.model, p.epochs, p.lr, p.augment, p.init, None)
+
+
+def test_the_demo_copies_the_shipped_weights_and_trains_nothing(tmp_path, capsys):
+    from shiftlab.demo import RUNS, train_runs
+    from shiftlab.models.pretrained import ROOT
+    settings = DemoSettings(runs=RUNS[:2], experiments=())
+    records = train_runs(tmp_path, settings)
+    out = capsys.readouterr().out
+    assert out.count("using shipped") == 2 and "training" not in out
+    for run in RUNS[:2]:
+        for file in ("model.safetensors", "train.json"):
+            assert (tmp_path / "models" / run.name / file).read_bytes() == (ROOT / run.name / file).read_bytes()
+        assert records[run.name]["test_images"] == 10_000
+    damaged = tmp_path / "models" / RUNS[0].name / "model.safetensors"
+    damaged.write_bytes(b"not weights")
+    train_runs(tmp_path, settings)                               # the shipped file is copied again
+    assert damaged.read_bytes() == (ROOT / RUNS[0].name / "model.safetensors").read_bytes()

@@ -239,3 +239,25 @@ def test_augmentation_experiment(out_dir):
     assert shifted["consistency_inside"] > shifted["consistency_everywhere"]
     assert all(result.claims.values()), result.claims
     _check_saved(result, out_dir)
+
+
+def test_no_pooling_is_the_identity_and_the_augmentation_default_uses_shipped_nets():
+    from shiftlab.experiments.pooling import pooling_layer
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(pooling_layer(1)(x), nn.MaxPool2d(1)(x))
+    with pytest.raises(ShiftlabError, match="pooling window"):
+        pooling_layer(-1)
+    from shiftlab.experiments import TRAINS
+    assert TRAINS["augmentation"] == ("augmentation-centred", "augmentation-shifted")
+
+
+@pytest.mark.slow
+def test_augmentation_experiment_with_the_shipped_nets(tmp_path):
+    result = run_experiment("augmentation", tmp_path, log=lambda s: None)
+    weights = result.settings["weights"]
+    assert [w["weights"] for w in weights.values()] == ["weights/augmentation-centred",
+                                                        "weights/augmentation-shifted"]
+    assert all(w["source"] == "shipped" and w["test_accuracy"] >= 0.98 for w in weights.values())
+    assert all(result.claims.values()), result.claims
+    assert not (tmp_path / "augmentation-runs").exists()
+    _check_saved(result, tmp_path)

@@ -100,6 +100,27 @@ def test_p4_cnn_logits_are_rot90_invariant_on_29x29(dtype, tol):
             assert _rel(model(rot90(x, k)), y) < tol
 
 
+def test_p4_cnn_with_trained_batch_norm_statistics_stays_exactly_invariant():
+    model = create_model("p4-cnn").double()
+    model.train()
+    with torch.no_grad():                          # batch statistics far from the initial (0, 1)
+        for _ in range(3):
+            model(3 * torch.rand(8, 1, 29, 29, dtype=torch.float64) + 1)
+    model.eval()
+    norms = [model.norm1, model.norm2, model.norm3]
+    assert all(float(n.running_mean.abs().max()) > 1e-3 for n in norms)
+    x = torch.rand(4, 1, 29, 29, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x)
+        for k in (1, 2, 3):
+            assert _rel(model(rot90(x, k)), y) < 1e-10
+
+
+def test_p4_cnn_sees_the_whole_29x29_canvas():
+    g = create_model("p4-cnn").geometry
+    assert (g.total_stride, g.receptive_field) == (4, 1 + 4 + 2 + 4 * 2 + 4 * 4) == (4, 31)
+
+
 def test_p4_cnn_is_not_exactly_invariant_on_28x28():
     model = create_model("p4-cnn").double().eval()
     x = torch.rand(4, 1, 28, 28, dtype=torch.float64)

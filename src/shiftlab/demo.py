@@ -2,31 +2,38 @@
 
 Steps (each prints one progress line, with its time):
 
-1. **train** the demo models (:data:`RUNS`) into ``out/models/NAME/``. A run whose
-   ``train.json`` shows the same settings is reused (and says so) unless ``retrain``.
-   The fixed nets (BlurPool, APS) and the shift-augmented net start from their baseline's
-   trained weights (``init``: tensors matching by name and shape) and are fine-tuned, the
-   way a user fixes a trained model: convert, then train briefly.
+1. **models**: the demo models (:data:`RUNS`) in ``out/models/NAME/``. By default they are
+   the weights shipped in ``weights/NAME/`` (:mod:`shiftlab.models.pretrained`; trained by
+   ``make weights`` with ``shiftlab train``, ≥ 98 % on all 10,000 MNIST test digits), copied
+   with their ``train.json``. With ``retrain`` every run is trained again with the same
+   settings (a run that has no shipped weights is always trained; one whose ``train.json``
+   shows the same settings is reused, and says so). The fixed nets (BlurPool, APS) and the
+   shift-augmented net start from their baseline's trained weights (``init``: tensors
+   matching by name and shape) and are fine-tuned, the way a user fixes a trained model:
+   convert, then train briefly.
 2. **audit** each model on MNIST test digits under circular and canvas shifts
    → ``out/audit-NAME-PROTOCOL.json``.
 3. **animate** Wolf's sliding digit on a 38×38 canvas through ``lenet-wolf`` with and
    without shift augmentation (their trained weights in ``lenet-wolf-sliding``, whose
    linear head slides over the canvas) → ``out/animation-NAME.gif``, and precompute the
    report's shift explorer → ``out/explorer-NAME.json``.
-4. **experiments** that need no training, then the **report**: figures and one
-   self-contained ``out/report.html``.
+4. **experiments**: all eight (``shiftlab experiment --list``), those that need trained
+   nets with their shipped weights (trained again with ``retrain``), then the **report**:
+   figures and one self-contained ``out/report.html``.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .experiments import EXPERIMENTS
 from .fmt import pct
-
+from .models.pretrained import PRETRAINED
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,19 @@ class DemoRun:
     animate_as: str | None = None     # a zoo model that runs these weights on the canvas
 
 
+def shipped_run(name: str, animate_as: str | None = None) -> DemoRun:
+    """The demo run of the shipped weights ``name``, with the settings they were trained with."""
+    p = PRETRAINED[name]
+    return DemoRun(name, p.model, epochs=p.epochs, augment=p.augment, init=p.init, lr=p.lr,
+                   animate_as=animate_as)
+
+
 RUNS: tuple[DemoRun, ...] = (
-    DemoRun("lenet-wolf", "lenet-wolf", animate_as="lenet-wolf-sliding"),
-    DemoRun("lenet-wolf-shift3", "lenet-wolf", augment="shift:3", init="lenet-wolf",
-            animate_as="lenet-wolf-sliding"),
-    DemoRun("lenet-wolf-maxpool", "lenet-wolf-maxpool", epochs=2),
-    DemoRun("lenet-wolf-maxpool-blur", "lenet-wolf-maxpool-blur", limit=20_000,
-            init="lenet-wolf-maxpool", lr=1e-3),
-    DemoRun("lenet-wolf-maxpool-aps", "lenet-wolf-maxpool-aps", init="lenet-wolf-maxpool", lr=2e-3),
+    shipped_run("lenet-wolf", animate_as="lenet-wolf-sliding"),
+    shipped_run("lenet-wolf-shift3", animate_as="lenet-wolf-sliding"),
+    shipped_run("lenet-wolf-maxpool"),
+    shipped_run("lenet-wolf-maxpool-blur"),
+    shipped_run("lenet-wolf-maxpool-aps"),
 )
 
 
@@ -57,37 +69,63 @@ RUNS: tuple[DemoRun, ...] = (
 class DemoSettings:
     """Sizes of the demo; the test suite shrinks them."""
     train_limit: int | None = None    # cap on every run's training images
-    test_images: int = 1000           # for test accuracy
+    test_images: int | None = None    # for test accuracy (None: all 10,000)
     audit_images: int = 100
     audit_shifts: str = "-4:4"
     digit_index: int = 0              # the MNIST test digit that slides
     path: str = "left-right"          # its path across the canvas
     canvas: int = 38                  # the canvas it slides on
-    experiments: tuple[str, ...] = ("convolution-theorem", "template-matching", "weight-sharing")
+    experiments: tuple[str, ...] = tuple(EXPERIMENTS)
     runs: tuple[DemoRun, ...] = RUNS
     seed: int = 0
+    shipped: bool = True              # use the shipped weights of runs that have them
 
 
 def _say(step: str, message: str) -> None:
     print(f"[{step}] {message}", flush=True)
 
 
+def use_shipped(folder: Path, name: str) -> dict:
+    """Copy the shipped weights ``name`` and their ``train.json`` into ``folder`` (unless the
+    same files are there already); return the training record."""
+    from .models.pretrained import RECORD_FILE, WEIGHTS_FILE, pretrained_folder
+    source = pretrained_folder(name)
+    for file in (WEIGHTS_FILE, RECORD_FILE):
+        target = folder / file
+        if not (target.is_file() and target.read_bytes() == (source / file).read_bytes()):
+            from .io import atomic_path
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source / file, tmp)
+    return json.loads((folder / RECORD_FILE).read_text())
+
+
 def train_runs(out: Path, settings: DemoSettings, retrain: bool = False) -> dict[str, dict]:
-    """Train (or reuse) every demo run; return each run's training record."""
+    """Use the shipped weights of every demo run (train, or reuse, with ``retrain`` or where
+    none are shipped); return each run's training record."""
     from .data import load_data
     from .train import RECORD, WEIGHTS, TrainConfig, train
+    records: dict[str, dict] = {}
+    to_train = []
+    for i, run in enumerate(settings.runs, 1):
+        step = f"train {i}/{len(settings.runs)}"
+        if settings.shipped and not retrain and run.name in PRETRAINED:
+            record = records[run.name] = use_shipped(out / "models" / run.name, run.name)
+            _say(step, f"using shipped {run.name}: test accuracy {record['test_accuracy']:.2%} on "
+                       f"{record['test_images']:,} MNIST test digits (weights/{run.name}; --retrain to train)")
+        else:
+            to_train.append((step, run))
+    if not to_train:
+        return records
     train_xy = load_data("mnist", split="train", seed=settings.seed)
     test_x, test_y = load_data("mnist", split="test", seed=settings.seed)
     test_xy = (test_x[:settings.test_images], test_y[:settings.test_images])
-    records: dict[str, dict] = {}
-    for i, run in enumerate(settings.runs, 1):
+    for step, run in to_train:
         folder = out / "models" / run.name
         limit = min(filter(None, (run.limit, settings.train_limit)), default=None)
         init = str(out / "models" / run.init / WEIGHTS) if run.init else None
         config = TrainConfig(model=run.model, data="mnist", epochs=run.epochs, lr=run.lr,
                              augment=run.augment, seed=settings.seed,
                              limit=limit, init=init)
-        step = f"train {i}/{len(settings.runs)}"
         record_path = folder / RECORD
         weights = folder / WEIGHTS
         stale = init is not None and weights.is_file() and Path(init).is_file() and \
@@ -154,14 +192,14 @@ def run_demo(out: str | Path = "out", *, retrain: bool = False,
     find_mnist()                                        # a one-line error if MNIST is missing
     train_runs(out, settings, retrain)
     audit_runs(out, settings)
-    report = visualise(out, settings)
+    report = visualise(out, settings, retrain)
     _say("done", f"{time.perf_counter() - start:.0f} s; open {report.resolve()}")
     return report
 
 
-def visualise(out: Path, settings: DemoSettings) -> Path:
+def visualise(out: Path, settings: DemoSettings, retrain: bool = False) -> Path:
     """Wolf's animation and the shift explorer for each run with ``animate_as``, the
-    experiments, then the HTML report."""
+    experiments (``retrain``: their nets trained again), then the HTML report."""
     from .data import load_data
     from .report import build_report
     from .viz.animate import animate
@@ -183,7 +221,7 @@ def visualise(out: Path, settings: DemoSettings) -> Path:
     for i, name in enumerate(settings.experiments, 1):
         from .experiments import run_experiment
         start = time.perf_counter()
-        result = run_experiment(name, out, seed=settings.seed, log=lambda *_: None)
+        result = run_experiment(name, out, seed=settings.seed, retrain=retrain, log=lambda *_: None)
         held = sum(result.claims.values())
         _say(f"experiment {i}/{len(settings.experiments)}",
              f"{name}: {held}/{len(result.claims)} claims hold ({time.perf_counter() - start:.0f} s)")
@@ -194,4 +232,5 @@ def visualise(out: Path, settings: DemoSettings) -> Path:
     return report
 
 
-__all__ = ["DemoRun", "DemoSettings", "RUNS", "run_demo", "train_runs", "audit_runs", "trained_model"]
+__all__ = ["DemoRun", "DemoSettings", "RUNS", "run_demo", "train_runs", "audit_runs", "trained_model",
+           "shipped_run", "use_shipped"]

@@ -2,8 +2,10 @@
 
 Each experiment is a function ``run(out: Path, *, seed: int = 0, quick: bool = False,
 log=print) -> ExperimentResult`` in its own module; it writes its figures and
-``experiment-NAME.json`` into ``out``. ``quick=True`` shrinks it for the test suite.
-Modules are imported only when their experiment runs.
+``experiment-NAME.json`` into ``out``. ``quick=True`` shrinks it for the test suite (and
+trains its nets from scratch on a few digits). An experiment that needs trained nets
+(:data:`TRAINS`) uses the shipped weights by default and takes ``retrain=True`` to train
+them again (:mod:`.trained`). Modules are imported only when their experiment runs.
 """
 from __future__ import annotations
 
@@ -28,18 +30,28 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 }
 
 
+#: experiments that use trained nets -> the shipped weights they use (unless quick or retrain)
+TRAINS: dict[str, tuple[str, ...]] = {
+    "augmentation": ("augmentation-centred", "augmentation-shifted"),
+    "rotation": ("rotation-lenet-wolf", "rotation-p4-cnn"),
+    "receptive-fields": ("lenet-wolf",),
+}
+
+
 def run_experiment(name: str, out: str | Path, *, seed: int = 0, quick: bool = False,
-                   log=print) -> ExperimentResult:
-    """Run experiment ``name``, save its JSON (and figures) in ``out``, return the result."""
+                   retrain: bool = False, log=print) -> ExperimentResult:
+    """Run experiment ``name``, save its JSON (and figures) in ``out``, return the result.
+    ``retrain``: train the nets it needs again instead of using the shipped weights."""
     if name not in EXPERIMENTS:
         raise ShiftlabError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(f"{__name__}.{EXPERIMENTS[name][0]}")
     out = Path(out)
     start = time.perf_counter()
-    result = module.run(out, seed=seed, quick=quick, log=log)
+    extra = {"retrain": retrain} if name in TRAINS else {}
+    result = module.run(out, seed=seed, quick=quick, log=log, **extra)
     result.seconds = round(time.perf_counter() - start, 2)
     result.save(out)
     return result
 
 
-__all__ = ["EXPERIMENTS", "ExperimentResult", "run_experiment"]
+__all__ = ["EXPERIMENTS", "TRAINS", "ExperimentResult", "run_experiment"]

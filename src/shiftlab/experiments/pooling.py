@@ -30,9 +30,12 @@ POOLINGS = {"no pooling": 1, "max-pool 2": 2, "max-pool 4": 4, "global max-pool"
 
 
 def pooling_layer(window: int) -> nn.Module:
-    """``window`` 1 = identity (a 1x1 max-pool), ``p`` = ``p×p`` max-pool of stride ``p``, 0 = global max."""
+    """``window`` 1 = no pooling (``nn.Identity``: what a 1x1 max-pool computes, without its
+    cost), ``p`` = ``p×p`` max-pool of stride ``p``, 0 = global max."""
     if window < 0:
         raise ShiftlabError(f"pooling window must be 0 (global) or positive, got {window}")
+    if window == 1:
+        return nn.Identity()
     return nn.AdaptiveMaxPool2d(1) if window == 0 else nn.MaxPool2d(window)
 
 
@@ -90,19 +93,21 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     from ..data import load_data, place_on_canvas
     from ..viz import new_figure, save_figure
 
-    n_fit, n_test, reach, canvas = (600, 100, 6, 36) if quick else (3000, 300, 8, 36)
+    n_fit, n_test, reach, canvas = (600, 100, 6, 36) if quick else (3000, 200, 8, 36)
     x_fit, y_fit = load_data("mnist", split="train", seed=seed)
     x_test, y_test = load_data("mnist", split="test", seed=seed)
     x_fit, y_fit = place_on_canvas(x_fit[:n_fit], (canvas, canvas)), y_fit[:n_fit]
     x_test, y_test = place_on_canvas(x_test[:n_test], (canvas, canvas)), y_test[:n_test]
     features = _features(seed)
+    with torch.no_grad():
+        fit_maps = features(x_fit)                   # shared by the four heads: computed once
     threshold = 0.3
 
     results, curves = {}, {}
     for name, window in POOLINGS.items():
         model = PooledClassifier(features, window).eval()
         with torch.no_grad():
-            model.head = nearest_mean_head(model.embed(x_fit), y_fit, 10)
+            model.head = nearest_mean_head(model.pool(fit_maps).flatten(1), y_fit, 10)
         res = audit(model, (x_test, y_test), protocol="circular", shifts=f"x=-{reach}:{reach}",
                     layers=["pool"], sensitivity_layer="pool", pairs=5, pair_range=reach, seed=seed,
                     name=name)
