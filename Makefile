@@ -10,7 +10,7 @@ STAMP         := $(VENV)/.shiftlab-installed
 DATA          ?= data
 MNIST         := $(DATA)/mnist.npz
 
-.PHONY: demo test bench clean setup data browser weights results
+.PHONY: demo test bench clean setup data browser weights results speech espeak
 
 setup: $(STAMP)
 
@@ -47,8 +47,20 @@ weights: $(STAMP) $(MNIST)
 results: $(STAMP) $(MNIST)
 	$(BIN)/python benchmarks/demo_table.py
 
-test: $(STAMP) $(MNIST) browser
+test: $(STAMP) $(MNIST) browser speech
 	$(BIN)/python -m pytest
+
+# Real speech, once: "zero" ... "nine" spoken by Debian's espeak-ng (installed here when
+# missing and we are root, like chromium), stored as exact int16 in data/. Without
+# espeak-ng, shiftlab says so and makes seeded synthetic formant vowels instead.
+speech: espeak | $(STAMP)
+	@test -f $(DATA)/spoken-digits.npz || $(BIN)/python -m shiftlab.data.speech --dest $(DATA)
+
+espeak:
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) \
+	  >/dev/null 2>&1 && echo "installed espeak-ng for the spoken digits"; } || \
+	  echo "espeak-ng not installed (needs root and apt): spoken digits fall back to synthetic vowels"
 
 # The report's browser test drives Debian's chromium; install it when missing and we are
 # root. Never fails: without chromium, tests/test_browser.py skips and says why.

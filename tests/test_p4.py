@@ -6,7 +6,7 @@ from shiftlab.errors import ShiftlabError
 from shiftlab.models import create_model
 from shiftlab.models.p4 import (P4GroupConv, P4Lifting, P4Pool, p4_group_conv, p4_lifting,
                                 p4_pool, rotate_p4)
-from shiftlab.transforms import central_mask, rescale, rot90, rotate
+from shiftlab.actions import central_mask, rescale, rot90, rotate
 
 
 def _rel(a, b):

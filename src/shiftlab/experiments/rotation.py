@@ -25,7 +25,7 @@ from ..data import load_data, place_on_canvas
 from ..loading import load_trained
 from ..models import builder_accepts, create_model, list_models
 from ..train import TrainConfig, train
-from ..transforms import rescale, rot90, rotate
+from ..actions import rescale, rot90, rotate
 from .base import ExperimentResult
 from .trained import describe, experiment_model
 
