@@ -124,8 +124,8 @@ def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
 def load_pretrained(name: str, root: str | Path | None = None):
     """The shipped model ``name`` (its zoo model with the shipped weights), in eval mode."""
     from ..loading import load_trained
-    entry = PRETRAINED.get(name)
     folder = pretrained_folder(name, root)
+    entry = PRETRAINED[name]
     return load_trained(entry.model, folder, entry.input_size)
 
 
