@@ -14,7 +14,7 @@ from shiftlab.data import load_data, place_on_canvas
 from shiftlab.errors import ShiftlabError
 from shiftlab.models.pretrained import (PRETRAINED, RECORD_FILE, ROOT, WEIGHTS_FILE, in_order,
                                         load_pretrained, main, pretrained_folder, provenance, retrain,
-                                        sha256, stamp)
+                                        sha256, stamp, tensors_sha256, versions)
 from shiftlab.train import accuracy
 
 NAMES = list(PRETRAINED)
@@ -38,8 +38,9 @@ def test_shipped_weights_load_and_their_record_says_how_and_how_well(name):
     assert all(e["loss"] > 0 and 0 < e["train_accuracy"] <= 1 for e in record["epochs"])
     shipped = record["provenance"]
     assert shipped["sha256"] == sha256(ROOT / name / WEIGHTS_FILE)
+    assert shipped["tensors_sha256"] == tensors_sha256(ROOT / name / WEIGHTS_FILE)
     assert shipped["command"] == "shiftlab " + shlex.join(entry.train_args())
-    assert {"torch", "shiftlab", "python", "torch_threads"} <= set(shipped["versions"])
+    assert {"torch", "shiftlab", "python", "cpu_capability", "torch_threads"} <= set(shipped["versions"])
     x = torch.zeros(1, 1, entry.input_size, entry.input_size)
     assert model(x).shape == (1, 10)
 
@@ -112,7 +113,8 @@ def test_missing_or_unknown_weights_are_one_line_errors(tmp_path, capsys):
 def test_stamp_drops_the_checkpoint_and_records_the_provenance(tmp_path):
     folder = tmp_path / "lenet-wolf"
     folder.mkdir()
-    (folder / WEIGHTS_FILE).write_bytes(b"weights")
+    from safetensors.torch import save_file
+    save_file({"w": torch.ones(2)}, str(folder / WEIGHTS_FILE))
     (folder / RECORD_FILE).write_text(json.dumps({"config": {}, "test_accuracy": 0.5}))
     (folder / "checkpoint.pt").write_bytes(b"pickled")
     stamp("lenet-wolf", tmp_path, "shiftlab train ...")
@@ -120,6 +122,7 @@ def test_stamp_drops_the_checkpoint_and_records_the_provenance(tmp_path):
     assert not (folder / "checkpoint.pt").exists() and record["test_accuracy"] == 0.5
     assert record["provenance"]["command"] == "shiftlab train ..."
     assert record["provenance"]["sha256"] == sha256(folder / WEIGHTS_FILE)
+    assert record["provenance"]["tensors_sha256"] == tensors_sha256(folder / WEIGHTS_FILE)
     assert record["provenance"]["versions"]["torch"] == torch.__version__
 
 
@@ -137,3 +140,34 @@ def test_the_weights_readme_is_the_catalogue_with_the_recorded_accuracies():
     assert text == readme()
     for name in NAMES:
         assert f"| `{name}` |" in text and f"{_record(name)['test_accuracy']:.2%}" in text
+
+
+def test_tensors_sha256_ignores_the_header_order_but_not_a_changed_value(tmp_path):
+    from safetensors.torch import save_file
+    a, b = torch.arange(6.0).reshape(2, 3), torch.ones(4, dtype=torch.float64)
+    save_file({"a": a, "b": b}, str(tmp_path / "1.safetensors"), metadata={"x": "1", "y": "2"})
+    save_file({"b": b, "a": a}, str(tmp_path / "2.safetensors"), metadata={"y": "2", "x": "1"})
+    changed = a.clone()
+    changed[1, 2] = torch.nextafter(changed[1, 2], torch.tensor(100.0))
+    save_file({"a": changed, "b": b}, str(tmp_path / "3.safetensors"))
+    h = [tensors_sha256(tmp_path / f"{i}.safetensors") for i in (1, 2, 3)]
+    assert h[0] == h[1] != h[2]
+
+
+@pytest.mark.slow
+def test_make_weights_reproduces_a_shipped_entry(tmp_path):
+    """lenet-wolf-maxpool trained again by the same driver: the same tensors, bit for bit, where
+    the versions, CPU kernels and thread count match the record's (else the same accuracy)."""
+    name = "lenet-wolf-maxpool"
+    lines = []
+    retrain([name], root=tmp_path / "weights", log=lines.append)
+    again = json.loads((tmp_path / "weights" / name / RECORD_FILE).read_text())
+    shipped = _record(name)
+    assert again["config"] == shipped["config"] and again["provenance"]["command"] == shipped["provenance"]["command"]
+    if {k: v for k, v in versions().items() if k != "shiftlab"} == \
+            {k: v for k, v in shipped["provenance"]["versions"].items() if k != "shiftlab"}:
+        assert again["provenance"]["tensors_sha256"] == shipped["provenance"]["tensors_sha256"]
+        assert [e["loss"] for e in again["epochs"]] == [e["loss"] for e in shipped["epochs"]]
+    assert abs(again["test_accuracy"] - shipped["test_accuracy"]) < 0.003
+    assert not (tmp_path / "weights" / name / "checkpoint.pt").exists()
+    assert (tmp_path / "weights" / "README.md").is_file() and len(lines) == 2

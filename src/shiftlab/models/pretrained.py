@@ -4,11 +4,14 @@ Every entry of :data:`PRETRAINED` is one seeded ``shiftlab train`` run on real M
 (50,000 training digits, tested on all 10,000 test digits). Its folder holds
 ``model.safetensors`` and ``train.json``: the training record (config, loss and accuracy per
 epoch, test accuracy) plus a ``provenance`` block written here (the exact command, the
-versions, torch's thread count and the weights' SHA-256).
+versions, the CPU kernels and torch's thread count, and the SHA-256 of the file and of its
+tensors).
 
 ``make weights`` (``python -m shiftlab.models.pretrained``) retrains them all, in order (an
 entry that starts from another's weights comes after it). Training is bitwise reproducible
-on CPU for the same versions and thread count (see :mod:`shiftlab.train`).
+on CPU for the same versions, CPU kernels and thread count (see :mod:`shiftlab.train`): the
+tensors come out the same (``tensors_sha256``), though the file's bytes may not, since
+safetensors does not fix the order of its header.
 
 Who uses what: the demo's five models (:data:`shiftlab.demo.RUNS`), the ``rotation``
 experiment (``rotation-*``, trained on a 29×29 canvas), the ``augmentation`` experiment
@@ -25,6 +28,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from ..errors import ShiftlabError
 
@@ -119,13 +124,27 @@ def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
 def load_pretrained(name: str, root: str | Path | None = None):
     """The shipped model ``name`` (its zoo model with the shipped weights), in eval mode."""
     from ..loading import load_trained
-    entry = PRETRAINED.get(name)
     folder = pretrained_folder(name, root)
+    entry = PRETRAINED[name]
     return load_trained(entry.model, folder, entry.input_size)
 
 
 def sha256(path: str | Path) -> str:
+    """SHA-256 of the file's bytes (what was shipped)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tensors_sha256(path: str | Path) -> str:
+    """SHA-256 of the tensors in a safetensors file (name, dtype, shape and bytes of each, by
+    name): equal for equal weights even where the file's header orders its entries otherwise,
+    as safetensors may from one save to the next."""
+    from safetensors.torch import load_file
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def provenance(name: str, root: str | Path | None = None) -> dict:
@@ -138,12 +157,13 @@ def provenance(name: str, root: str | Path | None = None) -> dict:
 
 
 def versions() -> dict:
+    """What decides whether retraining gives the same bits: versions, CPU kernels, threads."""
     import numpy
-    import torch
 
     from .. import __version__
     return {"shiftlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -222,7 +242,9 @@ def stamp(name: str, root: str | Path, command: str) -> Path:
     (folder / "checkpoint.pt").unlink(missing_ok=True)
     record = json.loads((folder / RECORD_FILE).read_text())
     record["provenance"] = {"command": command, "versions": versions(),
-                            "sha256": sha256(folder / WEIGHTS_FILE), "used_by": PRETRAINED[name].used_by}
+                            "sha256": sha256(folder / WEIGHTS_FILE),
+                            "tensors_sha256": tensors_sha256(folder / WEIGHTS_FILE),
+                            "used_by": PRETRAINED[name].used_by}
     write_text_atomic(folder / RECORD_FILE, json.dumps(record, indent=1) + "\n")
     return folder
 
