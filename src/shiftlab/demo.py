@@ -188,8 +188,8 @@ def run_demo(out: str | Path = "out", *, retrain: bool = False,
     settings = settings or DemoSettings()
     out = Path(out)
     start = time.perf_counter()
-    from .data.mnist import find_mnist
-    find_mnist()                                        # a one-line error if MNIST is missing
+    from .data.mnist import load_mnist
+    load_mnist("test")                  # a one-line error, before any output, if MNIST is missing or damaged
     train_runs(out, settings, retrain)
     audit_runs(out, settings)
     report = visualise(out, settings, retrain)
