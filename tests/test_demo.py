@@ -41,11 +41,13 @@ def test_demo_pieces_end_to_end_and_reuse(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- shipped weights
-def test_the_demo_runs_every_experiment_and_its_models_are_the_shipped_ones():
+def test_the_demo_runs_every_image_experiment_and_its_models_are_the_shipped_ones():
     from shiftlab.demo import RUNS
     from shiftlab.experiments import EXPERIMENTS
     from shiftlab.models.pretrained import PRETRAINED
-    assert DemoSettings().experiments == tuple(EXPERIMENTS) and len(EXPERIMENTS) == 8
+    # all eight seed experiments; the speech one makes its data and trains: run on its own
+    assert DemoSettings().experiments == tuple(n for n in EXPERIMENTS if n != "time-vs-frequency")
+    assert len(DemoSettings().experiments) == 8 and "time-vs-frequency" in EXPERIMENTS
     assert DemoSettings().shipped and DemoSettings().test_images is None     # all 10,000 when training
     for run in RUNS:                          # --retrain trains them exactly as they were shipped
         p = PRETRAINED[run.name]
