@@ -137,7 +137,7 @@ def test_bad_input_is_a_clear_error():
         P4GroupConv(2, 2, 3)(torch.zeros(1, 3, 4, 5, 5))
     with pytest.raises(ShiftlabError, match=r"\(N, C, 4, H, W\)"):
         P4GroupConv(1, 2, 3)(torch.zeros(1, 1, 3, 5, 5))
-    with pytest.raises(ShiftlabError, match="N×C×H×W"):
+    with pytest.raises(ShiftlabError, match="NCHW"):
         P4Lifting(1, 2, 3)(torch.zeros(1, 5, 5))
     with pytest.raises(ShiftlabError, match="'max' or 'mean'"):
         P4Pool("sum")

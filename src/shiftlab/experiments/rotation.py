@@ -26,6 +26,7 @@ from ..loading import load_trained
 from ..models import builder_accepts, create_model, list_models
 from ..train import TrainConfig, train
 from ..actions import rescale, rot90, rotate
+from ..shapes import module_rank
 from .base import ExperimentResult
 from .trained import describe, experiment_model
 
@@ -174,6 +175,8 @@ def _zoo_changes(names: list[str], seed: int) -> dict:
         torch.manual_seed(seed)
         kwargs = {"input_size": CANVAS} if builder_accepts(name, "input_size") else {}
         model = create_model(name, **kwargs).double().eval()
+        if any(module_rank(m) == 1 for m in model.modules()):
+            continue                                               # a signal model: no rotations
         table[name] = {"rot90": _relative_change(model, x, rot90(x, 1)),
                        "rotate 45°": _relative_change(model, x, rotate(x, 45, mask=True)),
                        "rescale 1.25": _relative_change(model, x, rescale(x, 1.25, mask=True))}
