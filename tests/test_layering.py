@@ -73,3 +73,12 @@ def test_the_measuring_core_never_imports_drawing_code():
         path = ROOT / f"{name}.py"
         text = path.read_text()
         assert "matplotlib" not in text and "from .report" not in text and "from .viz" not in text, name
+
+
+def test_the_cli_offers_exactly_the_registered_protocols():
+    """The parser lists protocol names without importing torch; they must be the registry's."""
+    from shiftlab.actions import PROTOCOLS
+    from shiftlab.cli import build_parser
+    audit = build_parser()._subparsers._group_actions[0].choices["audit"]
+    (protocol,) = [a for a in audit._actions if "--protocol" in a.option_strings]
+    assert list(protocol.choices) == list(PROTOCOLS)
