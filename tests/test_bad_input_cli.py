@@ -29,16 +29,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ["--pairs", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _forget_user_modules():
-    """``load_model`` registers ``path.py`` files as ``shiftlab_user_*`` modules; drop them."""
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("shiftlab_user_"):
-            del sys.modules[name]
-
-
 def _one_error_line(argv: list[str], capsys, prog: str) -> str:
     """Run ``main(argv)``; assert exit 2 and exactly one stderr line for ``prog``; return it."""
     rc = main(argv)

@@ -19,16 +19,6 @@ from shiftlab.result import AuditResult
 FAST = ["--shifts=-1:1", "--pairs", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _forget_user_modules():
-    """``load_model`` registers ``path.py`` files as ``shiftlab_user_*`` modules; drop them."""
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("shiftlab_user_"):
-            del sys.modules[name]
-
-
 def _out_dir(tmp_path):
     return tmp_path / "results"
 
