@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -442,6 +444,37 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.out), retrain=args.retrain)
 
 
+#: commands that never import torch (they start faster without it)
+TORCH_FREE = {"report"}
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Hold Ctrl-C until the block ends, then raise it. For torch's import: libtorch calls
+    back into Python through pybind11 while it loads, and a KeyboardInterrupt raised inside
+    such a callback aborts the process (``terminate called ... error_already_set``, status
+    134) instead of unwinding. Only the main thread, and only with Python's own handler."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda *_: held.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
+def _import_torch() -> None:
+    """Import torch once, with Ctrl-C held until it is loaded (see :func:`_ctrl_c_held`)."""
+    if "torch" not in sys.modules:
+        with _ctrl_c_held():
+            import torch  # noqa: F401
+
+
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "models": cmd_models, "layers": cmd_layers,
             "fetch-mnist": cmd_fetch_mnist, "experiment": cmd_experiment, "demo": cmd_demo,
             "convert": cmd_convert, "animate": cmd_animate, "report": cmd_report}
@@ -527,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             return done.code if isinstance(done.code, int) else 0
         prog = f"shiftlab {args.command}"
         with _no_new_empty_folders(args), _warnings_as_lines(prog):
+            if args.command not in TORCH_FREE:
+                _import_torch()
             COMMANDS[args.command](args)
     except ShiftlabError as err:
         print(f"{getattr(err, 'prog', prog)}: error: {printable(str(err))}", file=sys.stderr)
