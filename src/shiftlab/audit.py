@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .actions import ShiftAction, make_action, spatial_rank
+from .data.preprocess import normalization, normalization_record, normalize
 from .shapes import check_model_fits
 from .errors import ShiftlabError, check_seed
 from .law import Alignment, LayerGeometry, alignments, compare, layer_geometries
@@ -69,6 +70,9 @@ class AuditConfig:
     sensitivity_layer: str = OUTPUT  # the layer of the translation-sensitivity map
     name: str | None = None          # the model's name in the result
     progress: bool = False           # show a progress bar
+    normalize: object = None         # (mean, std) per channel, "imagenet" or "M,..;S,..":
+                                     # (x - mean) / std applied to every input after the
+                                     # shift, before the forward; None: none
 
     def check(self) -> "AuditConfig":
         """One-line errors for options that cannot work, before any model runs."""
@@ -84,7 +88,7 @@ class AuditConfig:
             raise ShiftlabError(f"the canvas fill must be a finite number, got {self.fill}")
         check_seed(self.seed)
         self.action()
-        return self
+        return dataclasses.replace(self, normalize=normalization(self.normalize))
 
     def action(self) -> ShiftAction:
         return make_action(self.protocol, fill=self.fill, crop=self.crop,
@@ -326,6 +330,11 @@ class _Engine:
         self.probe = Probe(self.model, self.names,
                            clone=[i.name for i in infos if i.overwritten]).__enter__()
 
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
+        """The probed forward of (shifted) inputs, normalised first when configured."""
+        norm = self.config.normalize
+        return self.probe(x if norm is None else normalize(x, norm))
+
     def close(self) -> None:
         if self.probe is not None:
             self.probe.__exit__(None, None, None)
@@ -379,7 +388,7 @@ class _Engine:
         row_shift_arg = row_shift.to(torch.int64) if self.action.integer else row_shift
 
         with torch.inference_mode():
-            ref = self.probe(self.action.reference(x))
+            ref = self._forward(self.action.reference(x))
             self.forwards += n
             norms = {l.info.name: _FastNorms(ref[l.info.name], self.action.circular and l.geometry.rolls)
                      for l in self.layers if l.comparison == "equivariance"}
@@ -393,7 +402,7 @@ class _Engine:
             for lo in range(0, len(row_shift), cfg.batch_size):
                 hi = min(lo + cfg.batch_size, len(row_shift))
                 img = row_img[lo:hi]
-                feats = self.probe(self.action(x[img.to(x.device)], row_shift_arg[lo:hi].to(x.device)))
+                feats = self._forward(self.action(x[img.to(x.device)], row_shift_arg[lo:hi].to(x.device)))
                 self.forwards += hi - lo
                 n_on_grid = max(0, min(hi, n_grid_rows) - lo)   # grid rows come first
                 # grid rows are shift-major: split them into runs of one shift, each a
@@ -493,7 +502,7 @@ class _Engine:
             pairs_per_image=cfg.pairs if self.consistency is not None else 0,
             pair_range=self.pair_rule.as_list() if paired else None,
             pair_offsets=self.pair_rule.words if paired else None,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, normalize=normalization_record(cfg.normalize),
             versions={"shiftlab": _version(), "torch": torch.__version__,
                       "python": platform.python_version()})
 
@@ -537,7 +546,9 @@ def audit(model: nn.Module, data, config: AuditConfig | None = None, **options) 
         model.train(was_training)
     if engine.n_images == 0:
         raise ShiftlabError("no inputs to audit: the data is empty")
-    return AuditResult(engine.provenance(dtype), engine.shifts.tolist(),
+    provenance = engine.provenance(dtype)
+    provenance.data = data.record() if callable(getattr(data, "record", None)) else None
+    return AuditResult(provenance, engine.shifts.tolist(),
                        list(engine.grid.shape) if engine.grid.shape else None,
                        engine.layer_results(), engine.invariance(),
                        seconds=round(time.perf_counter() - start, 3), forwards=engine.forwards)

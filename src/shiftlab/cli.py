@@ -28,7 +28,9 @@ EXAMPLES = {
     "audit": """examples:
   shiftlab audit --model conv-maxpool --data synthetic:256 --protocol circular --out out/maxpool.json
   shiftlab audit --model my_net.py:build --weights net.pt --data digits.npz --protocol canvas --margin 2
-  shiftlab audit --model lenet-wolf --data synthetic:64 --protocol fractional --shifts=-1:1:0.25""",
+  shiftlab audit --model lenet-wolf --data synthetic:64 --protocol fractional --shifts=-1:1:0.25
+  shiftlab audit --model my_resnet.py:build --data folder:val --resize 256 --center-crop 256x256 \
+                 --protocol crop --crop 224x224 --shifts=0:0 --normalize imagenet --workers 4""",
     "train": """examples:
   shiftlab train --model lenet-wolf --data mnist --epochs 3 --out out/lenet-wolf
   shiftlab train --model lenet-wolf --data mnist --canvas 38 --augment shift:5 --out out/aug
@@ -131,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop consistency windows: offsets in [0, D) as Zhang 2019 "
                         "(default) or [0, D]")
     p.add_argument("--sensitivity-layer", default="output", help="layer for the sensitivity map")
+    p.add_argument("--resize", type=_positive, metavar="S",
+                   help="folder images: resize the shorter side to S (antialiased; Pillow, as "
+                        "torchvision's Resize)")
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="the --resize filter (default bilinear, torchvision's; timm uses bicubic)")
+    p.add_argument("--center-crop", type=_size, metavar="HxW",
+                   help="folder images: the centred HxW window (after --resize), e.g. 256x256")
+    p.add_argument("--normalize", metavar="NAME|MEAN,..;STD,..",
+                   help="(x - mean) / std per channel after each shift, before the forward: "
+                        "imagenet or e.g. '0.5,0.5,0.5;0.25,0.25,0.25'")
+    p.add_argument("--workers", type=_int_in(0), default=0,
+                   help="processes decoding folder images (default 0: this one)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable folder images and count them in the JSON (default: stop)")
     p.add_argument("--limit", type=_positive, help="audit only the first N images")
     p.add_argument("--batch-size", type=int, default=256, help="most images in one forward pass")
     p.add_argument("--seed", type=_seed, default=0)
@@ -247,19 +263,59 @@ def cmd_audit(args) -> None:
                             f"{'x'.join(map(str, args.crop))}")
     _layer_names(args.layers)
     from .audit import AuditConfig, audit
-    from .data import load_data
     config = AuditConfig(
         protocol=args.protocol, shifts=args.shifts, layers=args.layers, pairs=args.pairs,
         pair_range=args.pair_range, margin=args.margin, fill=args.fill, crop=args.crop,
         crop_offsets=args.crop_offsets, batch_size=args.batch_size, seed=args.seed,
-        sensitivity_layer=args.sensitivity_layer, name=args.model,
+        sensitivity_layer=args.sensitivity_layer, name=args.model, normalize=args.normalize,
         progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
+    data, shape = (_folder_stream(args) if args.data.startswith("folder:")
+                   else _data_in_memory(args))
+    if args.crop is not None and len(args.crop) != len(shape) - 1:
+        raise ShiftlabError(f"--crop {'x'.join(map(str, args.crop))} does not fit "
+                            + ("images: give HxW" if len(shape) == 3 else "signals: give one length T"))
+    from .data.preprocess import check_channels
+    check_channels(config.normalize, shape[0], f"--data {args.data} has")
+    model = _load_model(args, input_size=args.crop[0] if args.crop else shape[-1])
+    result = audit(model, data, config)
+    print(result.table())
+    path = result.to_json(args.out)
+    print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")
+
+
+def _folder_stream(args):
+    """``--data folder:DIR`` as a lazy stream with the preprocessing options, checked before
+    any image is decoded; returns ``(stream, (C, H, W))``."""
+    from .data import Preprocess, stream_image_folder
+    center = args.center_crop
+    if center is not None and len(center) not in (1, 2):
+        raise ShiftlabError(f"--center-crop needs HxW (or one size S for SxS), got "
+                            f"{'x'.join(map(str, center))}")
+    if args.resize is not None and args.crop is not None and args.protocol == "crop" \
+            and max(args.crop) > args.resize:
+        raise ShiftlabError(f"--resize {args.resize} is smaller than the --crop "
+                            f"{'x'.join(map(str, args.crop))} window; resize to at least "
+                            f"{max(args.crop)}")
+    preprocess = Preprocess(resize=args.resize, interpolation=args.interpolation,
+                            center_crop=None if center is None else (center[0], center[-1]),
+                            canvas=args.canvas)
+    stream = stream_image_folder(args.data.removeprefix("folder:"), preprocess,
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 skip_bad=args.skip_bad, limit=args.limit)
+    return stream, stream.sample_shape
+
+
+def _data_in_memory(args):
+    """Every other ``--data``, loaded whole (capped); returns ``((inputs, labels), shape)``."""
+    folder_only = [f"--{name.replace('_', '-')}" for name in ("resize", "center_crop", "skip_bad")
+                   if getattr(args, name)] + (["--workers"] if args.workers else [])
+    if folder_only:
+        raise ShiftlabError(f"{', '.join(folder_only)} read{'s' if len(folder_only) == 1 else ''} "
+                            f"image folders (--data folder:DIR); {args.data} is loaded whole")
+    from .data import load_data
     x, y = load_data(args.data, split="test", seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
-    if args.crop is not None and len(args.crop) != x.ndim - 2:
-        raise ShiftlabError(f"--crop {'x'.join(map(str, args.crop))} does not fit "
-                            + ("images: give HxW" if x.ndim == 4 else "signals: give one length T"))
     if args.canvas is not None and x.ndim == 3:
         raise ShiftlabError("--canvas places images on a larger canvas; the data are 1-D signals "
                             "(pad them in the data instead)")
@@ -270,11 +326,7 @@ def cmd_audit(args) -> None:
             raise ShiftlabError(f"--canvas {args.canvas} is smaller than the {h}x{w} images; "
                                 f"use --canvas {max(h, w)} or more")
         x = place_on_canvas(x, (args.canvas, args.canvas))
-    model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
-    result = audit(model, (x, y), config)
-    print(result.table())
-    path = result.to_json(args.out)
-    print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")
+    return (x, y), tuple(x.shape[1:])
 
 
 def cmd_models(args) -> None:

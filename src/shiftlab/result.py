@@ -37,6 +37,10 @@ class Provenance:
                                      # [0, D) window offsets or the inclusive [0, D])
     batch_size: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    normalize: dict[str, Any] | None = None  # mean, std per channel: (x - mean) / std after the shift
+    data: dict[str, Any] | None = None       # where the inputs came from and how they were
+                                             # prepared (an image folder's files, preprocessing,
+                                             # skipped and ignored files)
 
 
 @dataclass
