@@ -178,6 +178,11 @@ def resize_beyond_the_cap(tmp):
         "resize must be a whole number of pixels in [1, 4096]", "5000"
 
 
+def interpolation_without_resize(tmp):
+    return ["--data", f"folder:{_folder(tmp)}", "--interpolation", "bicubic"], \
+        "--interpolation bicubic is the filter of --resize", "give --resize S too"
+
+
 def folder_options_on_data_in_memory(tmp):
     return ["--data", "synthetic:4", "--resize", "32", "--workers", "2"], \
         "--resize, --workers read image folders (--data folder:DIR)", "synthetic:4 is loaded whole"
@@ -191,7 +196,8 @@ ERRORS = [corrupt_jpeg_header, truncated_jpeg_mid_stream, truncated_jpeg_mid_str
           canvas_smaller_than_the_images, batch_larger_than_the_cap, unknown_normalize_name,
           normalize_means_and_stds_differ, normalize_wrong_length_for_the_channels,
           normalize_wrong_length_for_data_in_memory, normalize_std_zero, normalize_not_numbers,
-          workers_negative, resize_zero, resize_beyond_the_cap, folder_options_on_data_in_memory]
+          workers_negative, resize_zero, resize_beyond_the_cap, interpolation_without_resize,
+          folder_options_on_data_in_memory]
 
 
 @pytest.mark.parametrize("case", ERRORS, ids=[c.__name__ for c in ERRORS])
@@ -215,6 +221,22 @@ def test_a_bad_file_mid_stream_comes_after_audited_batches(tmp_path):
         for x, _ in stream:
             seen.append(len(x))
     assert seen == [2, 2, 2, 2]
+
+
+def test_a_worker_that_dies_is_one_line(tmp_path, monkeypatch):
+    """A DataLoader worker killed (as the kernel's OOM killer would) stops the stream with
+    a one-line error, not torch's traceback."""
+    import os
+    import signal
+
+    from shiftlab.data import ImageFolderDataset
+    root = _folder(tmp_path)
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__",
+                        lambda self, i: os.kill(os.getpid(), signal.SIGKILL))
+    stream = stream_image_folder(root, workers=1)
+    with pytest.raises(ShiftlabError, match=r"reading .*imgs failed: RuntimeError: DataLoader "
+                                            r"worker .* exited unexpectedly; try fewer --workers"):
+        list(stream)
 
 
 # ============================================================================ said and counted

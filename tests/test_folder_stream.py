@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from shiftlab import AuditConfig, ShiftlabError, audit
+from shiftlab.result import AuditResult
 from shiftlab.cli import main
 from shiftlab.data import (IMAGENET, FolderStream, Preprocess, load_data, load_image_folder,
                            normalization, scan_image_folder, stream_image_folder)
@@ -339,6 +340,8 @@ def test_the_cli_streams_a_folder_and_records_the_pipeline(tmp_path, capsys):
     assert p["data"]["preprocess"]["resize"] == 24 and p["data"]["preprocess"]["center_crop"] == [20, 20]
     assert p["data"]["ignored_files"] == 1 and p["data"]["loader"]["workers"] == 2
     assert p["normalize"]["std"] == list(IMAGENET[1]) and "D = 4" in p["pair_offsets"]
+    back = AuditResult.from_json(out)                                  # the fields read back
+    assert back.provenance.data == p["data"] and back.provenance.normalize == p["normalize"]
 
 
 def test_scan_reads_headers_only(tmp_path, monkeypatch):

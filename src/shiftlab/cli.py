@@ -296,6 +296,9 @@ def _folder_stream(args):
         raise ShiftlabError(f"--resize {args.resize} is smaller than the --crop "
                             f"{'x'.join(map(str, args.crop))} window; resize to at least "
                             f"{max(args.crop)}")
+    if args.interpolation != "bilinear" and args.resize is None:
+        raise ShiftlabError(f"--interpolation {args.interpolation} is the filter of --resize; "
+                            "give --resize S too, or leave it out")
     preprocess = Preprocess(resize=args.resize, interpolation=args.interpolation,
                             center_crop=None if center is None else (center[0], center[-1]),
                             canvas=args.canvas)
@@ -308,7 +311,8 @@ def _folder_stream(args):
 def _data_in_memory(args):
     """Every other ``--data``, loaded whole (capped); returns ``((inputs, labels), shape)``."""
     folder_only = [f"--{name.replace('_', '-')}" for name in ("resize", "center_crop", "skip_bad")
-                   if getattr(args, name)] + (["--workers"] if args.workers else [])
+                   if getattr(args, name)] + (["--workers"] if args.workers else []) \
+        + (["--interpolation"] if args.interpolation != "bilinear" else [])
     if folder_only:
         raise ShiftlabError(f"{', '.join(folder_only)} read{'s' if len(folder_only) == 1 else ''} "
                             f"image folders (--data folder:DIR); {args.data} is loaded whole")

@@ -143,14 +143,15 @@ def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[st
         ignored += loose                                          # files beside class folders
         found = []
         for k, c in enumerate(classes):
+            inside = []
             for folder, dirs, names in os.walk(root / c):        # symlinked sub-folders: not followed
                 dirs[:] = visible(dirs)
-                for n in visible(names):
-                    path = Path(folder) / n
-                    if path.suffix.lower() in IMAGE_SUFFIXES:
-                        found.append((path, k))
-                    else:
-                        ignored.append(str(path.relative_to(root)))
+                inside += [Path(folder) / n for n in visible(names)]
+            for path in sorted(inside, key=str):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((path, k))
+                else:
+                    ignored.append(str(path.relative_to(root)))
         return classes, found, ignored
     except OSError as err:                                        # an unreadable folder
         raise ShiftlabError(f"cannot list image folder {root}: {one_line(err)}") from None
@@ -188,8 +189,9 @@ def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = Non
         sizes.setdefault(preprocess.output_size((h, w), f"image {path}"), str(path))
         if len(sizes) > 1:
             (a, fa), (b, fb) = list(sizes.items())[:2]
-            fix = ("give them one size: add --center-crop HxW (Zhang 2019: --resize 256 "
-                   "--center-crop 256x256)" if preprocess.center_crop is None else "resize them")
+            fix = ("give them one size (shiftlab audit: add --center-crop HxW; Zhang 2019: "
+                   "--resize 256 --center-crop 256x256)" if preprocess.center_crop is None
+                   else "resize them")
             raise ShiftlabError(f"images differ in size after preprocessing: {fa} is "
                                 f"{a[0]}x{a[1]}, {fb} is {b[0]}x{b[1]}; {fix}")
         files.append(str(path))
@@ -301,7 +303,15 @@ class FolderStream:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         self.skipped = list(self.index.bad)
         labelled = self.index.classes is not None
-        for x, y, bad in self.loader:
+        batches = iter(self.loader)
+        while True:
+            try:
+                x, y, bad = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError as err:                   # a worker killed (out of memory, …)
+                raise ShiftlabError(f"reading {self.index.root} failed: {one_line(err)}; try "
+                                    "fewer --workers") from None
             for item in bad:
                 if not self.skip_bad:
                     raise ShiftlabError(item.reason + SKIP_HINT)
