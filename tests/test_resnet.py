@@ -412,6 +412,7 @@ def test_pretrained_zoo_model_loads_its_shipped_weights(tmp_path):
     (["--model", "lenet-wolf", "--pretrained", "--input", "1x38x38"],
      "the shipped lenet-wolf weights fit 28x28 inputs, not 38x38"),
     (["--model", "torchvision:", "--input", "3x32x32"], "--model torchvision: names no model"),
+    (["--model", "resnet-nope", "--pretrained"], "unknown model 'resnet-nope'; choose one of "),
 ])
 def test_bad_pretrained_or_library_input_is_one_line(argv, message, capsys):
     assert main(["layers", *argv]) == 2

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
 
     p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
-    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
+                                                   "torchvision:NAME or timm:NAME (if installed)")
     p.add_argument("--weights", help="checkpoint of the unconverted model (.pt state dict or .safetensors)")
     p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
     p.add_argument("--method", required=True, help="blurpool, aps or circular")
@@ -240,11 +241,13 @@ def _dtype(name: str):
 
 def _shipped_weights(name: str, input_size: int | None) -> Path:
     """``--pretrained`` for a zoo model: its shipped weights file, or one line saying why not."""
-    from .models import builder_accepts
+    from .models import builder_accepts, create_model, list_models
     from .models.pretrained import PRETRAINED, WEIGHTS_FILE, pretrained_folder
+    if name.replace("_", "-") not in list_models():
+        create_model(name)                            # the registry's "unknown model" line
     shipped = [n for n, p in PRETRAINED.items() if p.model == n]
-    entry = PRETRAINED.get(name)
-    if entry is None or entry.model != name:
+    entry = PRETRAINED.get(name.replace("_", "-"))
+    if entry is None or entry.model != entry.name:
         hint = (f"a state dict saved from torchvision.models.{name}() loads with --weights FILE, "
                 f"or use --model torchvision:{name} --pretrained where torchvision is installed"
                 if name in ("resnet18", "resnet50") else "give --weights FILE (e.g. from shiftlab train)")
@@ -253,7 +256,7 @@ def _shipped_weights(name: str, input_size: int | None) -> Path:
     if input_size is not None and input_size != entry.input_size and builder_accepts(name, "input_size"):
         raise ShiftlabError(f"the shipped {name} weights fit {entry.input_size}x{entry.input_size} "
                             f"inputs, not {input_size}x{input_size} (its head is sized from the input)")
-    return pretrained_folder(name) / WEIGHTS_FILE
+    return pretrained_folder(entry.name) / WEIGHTS_FILE
 
 
 def _load_model(args, input_size: int | None = None):
