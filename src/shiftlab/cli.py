@@ -50,6 +50,10 @@ EXAMPLES = {
 }
 
 
+PRETRAINED_HELP = ("load pretrained weights: torchvision:/timm: models get their library's "
+                   "(downloaded by it), zoo models shiftlab's shipped ones (weights/NAME)")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one-line :class:`UsageError` s naming the
     (sub)command, instead of a usage banner and ``sys.exit(2)``."""
@@ -107,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+        p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
+                                                       "torchvision:NAME or timm:NAME (if installed)")
         p.add_argument("--weights", help="checkpoint to load (.pt state dict or .safetensors)")
+        p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
         p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
 
     p = command("audit", "Audit a model's per-layer shift-equivariance and output stability.")
@@ -191,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
 
     p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
-    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
+                                                   "torchvision:NAME or timm:NAME (if installed)")
     p.add_argument("--weights", help="checkpoint of the unconverted model (.pt state dict or .safetensors)")
+    p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
     p.add_argument("--method", required=True, help="blurpool, aps or circular")
     p.add_argument("--filter-size", type=int, help="binomial filter size 1..7 (default 3 for blurpool, "
                                                    "no pre-blur for aps)")
@@ -247,12 +255,41 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def _shipped_weights(name: str, input_size: int | None) -> Path:
+    """``--pretrained`` for a zoo model: its shipped weights file, or one line saying why not."""
+    from .models import builder_accepts, create_model, list_models
+    from .models.pretrained import PRETRAINED, WEIGHTS_FILE, pretrained_folder
+    if name.replace("_", "-") not in list_models():
+        create_model(name)                            # the registry's "unknown model" line
+    shipped = [n for n, p in PRETRAINED.items() if p.model == n]
+    entry = PRETRAINED.get(name.replace("_", "-"))
+    if entry is None or entry.model != entry.name:
+        hint = (f"a state dict saved from torchvision.models.{name}() loads with --weights FILE, "
+                f"or use --model torchvision:{name} --pretrained where torchvision is installed"
+                if name in ("resnet18", "resnet50") else "give --weights FILE (e.g. from shiftlab train)")
+        raise ShiftlabError(f"{name} has no shipped weights (shiftlab ships MNIST weights for "
+                            f"{', '.join(shipped)}); {hint}")
+    if input_size is not None and input_size != entry.input_size and builder_accepts(name, "input_size"):
+        raise ShiftlabError(f"the shipped {name} weights fit {entry.input_size}x{entry.input_size} "
+                            f"inputs, not {input_size}x{input_size} (its head is sized from the input)")
+    return pretrained_folder(entry.name) / WEIGHTS_FILE
+
+
 def _load_model(args, input_size: int | None = None):
-    """``--model`` with ``--weights``, in ``--dtype`` (commands without it keep the weights' dtype)."""
-    from .loading import load_model, load_weights
-    model = load_model(args.model, input_size)
-    if args.weights:
-        load_weights(model, args.weights)
+    """``--model`` with ``--weights`` or ``--pretrained``, in ``--dtype`` (commands without it
+    keep the weights' dtype)."""
+    from .loading import library_spec, load_model, load_weights
+    pretrained, weights = getattr(args, "pretrained", False), args.weights
+    if pretrained and weights:
+        raise ShiftlabError("give --pretrained or --weights, not both")
+    if pretrained and library_spec(args.model) is None:
+        if ":" in args.model or args.model.endswith(".py"):
+            raise ShiftlabError(f"--pretrained takes a zoo name, torchvision:NAME or timm:NAME; "
+                                f"load weights into {args.model} with --weights FILE")
+        weights = _shipped_weights(args.model, input_size)
+    model = load_model(args.model, input_size, pretrained=pretrained and not weights)
+    if weights:
+        load_weights(model, weights)
     return model.to(_dtype(args.dtype)) if getattr(args, "dtype", None) else model
 
 
