@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..data import load_data, place_on_canvas
 from ..loading import load_trained
-from ..models import builder_accepts, create_model, list_models
+from ..models import builder_accepts, create_model, example_shape, list_models
 from ..train import TrainConfig, train
 from ..actions import rescale, rot90, rotate
 from ..shapes import module_rank
@@ -206,6 +206,9 @@ def _zoo_changes(names: list[str], seed: int) -> dict:
     x = rotate(x, 0, mask=True)                                    # same disk for every transform
     table = {}
     for name in names:
+        example = example_shape(name)
+        if example is not None and example[0] != 1:
+            continue                                               # colour nets (ResNets): not on digits
         torch.manual_seed(seed)
         kwargs = {"input_size": CANVAS} if builder_accepts(name, "input_size") else {}
         model = create_model(name, **kwargs).double().eval()
