@@ -352,3 +352,13 @@ def test_scan_reads_headers_only(tmp_path, monkeypatch):
     index = scan_image_folder(tmp_path / "p")
     assert index.sample_shape == (3, 24, 24) and len(index.files) == 4
     assert isinstance(FolderStream(index), FolderStream)
+
+
+def test_a_zoo_model_takes_the_folders_channel_count(tmp_path, capsys):
+    """No model file needed for colour photos: the zoo builds lenet-wolf-gap with 3 inputs."""
+    write_photos(tmp_path / "p", 4, sizes=[(28, 28)] * 4, suffix=".png")
+    out = tmp_path / "r.json"
+    rc = main(["audit", "--model", "lenet-wolf-gap", "--data", f"folder:{tmp_path / 'p'}",
+               "--shifts=0:1", "--pairs", "1", "--quiet", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["provenance"]["input_shape"] == [3, 28, 28]

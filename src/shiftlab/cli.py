@@ -275,9 +275,9 @@ def _shipped_weights(name: str, input_size: int | None) -> Path:
     return pretrained_folder(entry.name) / WEIGHTS_FILE
 
 
-def _load_model(args, input_size: int | None = None):
+def _load_model(args, input_size: int | None = None, in_channels: int | None = None):
     """``--model`` with ``--weights`` or ``--pretrained``, in ``--dtype`` (commands without it
-    keep the weights' dtype)."""
+    keep the weights' dtype); zoo models sized for ``input_size`` and ``in_channels``."""
     from .loading import library_spec, load_model, load_weights
     pretrained, weights = getattr(args, "pretrained", False), args.weights
     if pretrained and weights:
@@ -287,7 +287,8 @@ def _load_model(args, input_size: int | None = None):
             raise ShiftlabError(f"--pretrained takes a zoo name, torchvision:NAME or timm:NAME; "
                                 f"load weights into {args.model} with --weights FILE")
         weights = _shipped_weights(args.model, input_size)
-    model = load_model(args.model, input_size, pretrained=pretrained and not weights)
+    model = load_model(args.model, input_size, pretrained=pretrained and not weights,
+                       in_channels=in_channels)
     if weights:
         load_weights(model, weights)
     return model.to(_dtype(args.dtype)) if getattr(args, "dtype", None) else model
@@ -313,7 +314,8 @@ def cmd_audit(args) -> None:
                             + ("images: give HxW" if len(shape) == 3 else "signals: give one length T"))
     from .data.preprocess import check_channels
     check_channels(config.normalize, shape[0], f"--data {args.data} has")
-    model = _load_model(args, input_size=args.crop[0] if args.crop else shape[-1])
+    model = _load_model(args, input_size=args.crop[0] if args.crop else shape[-1],
+                        in_channels=shape[0])
     result = audit(model, data, config)
     print(result.table())
     path = result.to_json(args.out)

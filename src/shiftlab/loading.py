@@ -105,11 +105,13 @@ def library_model(library: str, name: str, pretrained: bool = False) -> nn.Modul
     return model
 
 
-def load_model(spec: str, input_size: int | None = None, *, pretrained: bool = False) -> nn.Module:
+def load_model(spec: str, input_size: int | None = None, *, pretrained: bool = False,
+               in_channels: int | None = None) -> nn.Module:
     """Build a model from a registry name, from ``file.py:factory`` (called with no
     arguments, it must return an ``nn.Module``), or from ``torchvision:NAME`` /
     ``timm:NAME`` (:func:`library_model`; ``pretrained`` asks for the library's weights).
-    Zoo models whose head depends on the image size get ``input_size``.
+    Zoo models whose head depends on the image size get ``input_size``, and those that take
+    a channel count get ``in_channels`` (the data's: an RGB folder for ``lenet-wolf``).
 
     Whatever the file does while it is imported or while the factory runs (raise, call
     ``sys.exit``) is a one-line :class:`ShiftlabError`; only Ctrl-C passes through. The
@@ -124,8 +126,12 @@ def load_model(spec: str, input_size: int | None = None, *, pretrained: bool = F
                             "load a checkpoint with load_weights (the zoo's shipped weights: "
                             "shiftlab.models.pretrained.load_pretrained)")
     if ":" not in spec and not spec.endswith(".py"):
-        sized = input_size is not None and builder_accepts(spec, "input_size")
-        return create_model(spec, **({"input_size": input_size} if sized else {}))
+        kwargs = {}
+        if input_size is not None and builder_accepts(spec, "input_size"):
+            kwargs["input_size"] = input_size
+        if in_channels is not None and builder_accepts(spec, "in_channels"):
+            kwargs["in_channels"] = in_channels
+        return create_model(spec, **kwargs)
     file, _, factory = spec.rpartition(":") if ":" in spec else (spec, "", "")
     if not file:
         raise ShiftlabError(f"--model {spec!r} names no file; give a zoo name (see `shiftlab "
