@@ -7,7 +7,7 @@ states are merged in rank order, so K processes give the numbers of one. In Pyth
 every rank with the same model, data and config; every rank gets the merged result.
 
 **Shards** (no padding, no duplicates). The data are cut into the U batches one process
-would see, and rank r of K takes the contiguous run ``[⌈rU/K⌉, ⌈(r+1)U/K⌉)`` of them
+would see, and rank r of K takes a contiguous run of ⌈U/K⌉ or ⌊U/K⌋ of them, in rank order
 (:func:`block`; rank 0 never gets fewer than the others). A rank thus computes the very
 batches a single process computes, and only the order in which their float64 sums are
 added changes (a relative difference of order 1e-16); counts and maxima are exact.
@@ -64,14 +64,16 @@ class PeerFailed(ShiftlabError):
 
 
 def block(units: int, rank: int, size: int) -> range:
-    """Rank ``rank``'s contiguous run of ``units`` items split over ``size`` ranks:
-    ``[⌈rank·units/size⌉, ⌈(rank+1)·units/size⌉)``; together the runs cover every item
-    once, and the first ranks get the larger runs.
+    """Rank ``rank``'s contiguous run of ``units`` items split over ``size`` ranks: with
+    ``units = q·size + m``, ranks below m take q + 1 items and the others q, in rank order.
+    Together the runs cover every item once; rank 0 is empty only when there is nothing.
 
-    >>> [list(block(5, r, 2)) for r in range(2)], [list(block(1, r, 3)) for r in range(3)]
-    ([[0, 1, 2], [3, 4]], [[0], [], []])
+    >>> [list(block(5, r, 2)) for r in range(2)], [list(block(2, r, 3)) for r in range(3)]
+    ([[0, 1, 2], [3, 4]], [[0], [1], []])
     """
-    return range(-(-rank * units // size), -(-(rank + 1) * units // size))
+    q, m = divmod(units, size)
+    start = rank * q + min(rank, m)
+    return range(start, start + q + (rank < m))
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Group:
         except Exception as err:
             if error is not None:
                 raise error
-            why = _SOURCE_TAG.sub("", one_line(err, limit=400))[:160]
+            why = _SOURCE_TAG.sub("", one_line(err, limit=400)).split(". ")[0][:160]
             raise PeerFailed(f"lost contact with the other processes of this run: another rank "
                              f"crashed, was stopped or timed out ({why}); nothing was "
                              "written") from None
