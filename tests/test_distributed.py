@@ -205,10 +205,7 @@ def test_shards_merged_in_rank_order_equal_one_process(case, world):
     merged = _merge_shards(shards)
     merged.model = model
     assert merged.n_images == 22 and merged.forwards == single["forwards"]
-    from shiftlab.result import AuditResult
-    result = AuditResult(merged.provenance(dtype, device, world), merged.shifts.tolist(),
-                         list(merged.grid.shape) if merged.grid.shape else None,
-                         merged.layer_results(), merged.invariance(), forwards=merged.forwards)
+    result = merged.result(dtype, device, world)
     assert_same_result(single, result.to_dict())
     assert result.invariance.pairs == 22 * options["pairs"]
 
@@ -349,6 +346,9 @@ def _api_worker(rank: int, world: int, port: int, folder: str) -> None:
     except ShiftlabError as err:
         outcome["label"] = (type(err).__name__, str(err), getattr(err, "quiet", False))
     outcome["again"] = audit(model, x[:5], pairs=0, shifts="-1:1").provenance.n_images
+    if rank == 0:                                                 # alone, the others elsewhere
+        outcome["alone"] = audit(model, (x, y), batch_size=4, pairs=2, shifts="-2:2",
+                                 shard=False).to_dict()
     dist.destroy_process_group()
     Path(folder, f"rank{rank}.pkl").write_bytes(pickle.dumps(outcome))
 
@@ -380,3 +380,5 @@ def test_the_python_api_shards_and_merges_in_a_group(tmp_path):
             assert kind == PeerFailed.__name__ and quiet == (rank != 0)
             assert message.startswith(f"rank {world - 1} of {world} failed: labels must be")
         assert outcome["again"] == 5                              # the group still works
+    assert_same_result(single, got[0]["alone"])                  # shard=False: all data, alone
+    assert got[0]["alone"]["provenance"]["processes"] == 1

@@ -81,6 +81,8 @@ class AuditConfig:
     name: str | None = None          # the model's name in the result
     progress: bool = False           # show a progress bar
     amp: str | None = None           # autocast the forward passes: "bf16" | "fp16"; None: off
+    shard: bool = True               # in a torch.distributed group: audit this rank's shard and
+                                     # merge (every rank must call); False: all data, alone
 
     def check(self) -> "AuditConfig":
         """One-line errors for options that cannot work, before any model runs."""
@@ -578,6 +580,13 @@ class _Engine:
             sens["map"], sens["radius"], sens["radial"]
         return inv
 
+    def result(self, dtype: torch.dtype, device: torch.device, processes: int,
+               seconds: float = 0.0) -> AuditResult:
+        return AuditResult(self.provenance(dtype, device, processes), self.shifts.tolist(),
+                           list(self.grid.shape) if self.grid.shape else None,
+                           self.layer_results(), self.invariance(), seconds=round(seconds, 3),
+                           forwards=self.forwards)
+
     def provenance(self, dtype: torch.dtype, device: torch.device, processes: int) -> Provenance:
         cfg, settings = self.config, self.action.settings()
         paired = self.consistency is not None and cfg.pairs > 0
@@ -611,17 +620,19 @@ def audit(model: nn.Module, data, config: AuditConfig | None = None, **options) 
     Inside an initialised ``torch.distributed`` process group, call it on every rank with
     the same arguments: each rank audits an exact shard of ``data`` and every rank returns
     the merged result, equal to one process's (see :mod:`shiftlab.distributed`). If any
-    rank fails, every rank raises.
+    rank fails, every rank raises. ``shard=False`` audits all of ``data`` in this process
+    alone (e.g. on rank 0 only of a training job).
 
     Returns:
         An :class:`~shiftlab.result.AuditResult`; ``result.table()`` prints it,
         ``result.to_json(path)`` saves it.
     """
     start = time.perf_counter()
-    group = distributed.current()
+    config = dataclasses.replace(config or AuditConfig(), **options)
+    group = distributed.current() if config.shard else None
     rank, world = (group.rank, group.size) if group else (0, 1)
     try:
-        config = dataclasses.replace(config or AuditConfig(), **options).check()
+        config = config.check()
         engine, dtype, device = _audit_shard(model, data, config, rank, world)
     except Exception as err:
         if group is None:
@@ -642,10 +653,7 @@ def audit(model: nn.Module, data, config: AuditConfig | None = None, **options) 
     if engine.n_images == 0:
         message = "no inputs to audit: the data is empty"
         raise group.fail(message) if group else ShiftlabError(message)
-    return AuditResult(engine.provenance(dtype, device, world), engine.shifts.tolist(),
-                       list(engine.grid.shape) if engine.grid.shape else None,
-                       engine.layer_results(), engine.invariance(),
-                       seconds=round(time.perf_counter() - start, 3), forwards=engine.forwards)
+    return engine.result(dtype, device, world, seconds=time.perf_counter() - start)
 
 
 def _merge_shards(shards: list[_Engine]) -> _Engine:
