@@ -144,6 +144,12 @@ def test_audit_records_device_and_amp_in_the_json(tmp_path, capsys):
     assert (p["device"], p["amp"], p["compute_dtype"], p["processes"]) == ("cpu", "bf16", "bfloat16", 1)
     assert p["tolerance"] == TOLERANCE[torch.bfloat16]
     assert "autocast bfloat16" in capsys.readouterr().out
+    from shiftlab import AuditResult
+    assert AuditResult.from_json(out).provenance.compute_dtype == "bfloat16"
+    older = json.loads(out.read_text())                          # written before these fields
+    for name in ("device", "amp", "compute_dtype", "processes"):
+        del older["provenance"][name]
+    assert AuditResult.from_dict(older).provenance.device == "cpu"
 
 
 def test_train_records_its_device(tmp_path):

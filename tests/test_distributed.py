@@ -173,6 +173,19 @@ def test_a_loader_shard_reads_only_its_own_samples():
     assert sorted(data.read) == list(range(12, 23))
 
 
+def _collate_doubled(items):
+    x, y = torch.utils.data.default_collate(items)
+    return 2 * x, y
+
+
+def test_a_loader_shard_keeps_the_loader_s_workers_and_collation():
+    loader = DataLoader(_Indexed(11), batch_size=3, num_workers=2, collate_fn=_collate_doubled)
+    sub, first, per = loader_shard(loader, 1, 2)
+    assert (sub.num_workers, sub.collate_fn, first, per) == (2, _collate_doubled, 6, 3)
+    got = [x[:, 0, 0, 0].tolist() for x, _ in sub]
+    assert got == [[12.0, 14.0, 16.0], [18.0, 20.0]]            # samples 6..10, doubled
+
+
 def test_a_shuffling_loader_is_refused_across_processes_only():
     loader = DataLoader(TensorDataset(torch.rand(8, 1, 4, 4)), batch_size=2, shuffle=True)
     assert loader_shard(loader, 0, 1) is None                   # one process: read as it comes
