@@ -145,9 +145,11 @@ def test_shards_are_exact_contiguous_blocks(tmp_path):
     stream = stream_image_folder(tmp_path / "p", batch_size=3)
     whole = torch.cat([x for x, _ in stream])
     shards = [stream.shard(r, 3) for r in range(3)]
-    assert [s.n_images for s in shards] == [3, 3, 4]
+    # 4 batches (3, 3, 3, 1) in contiguous runs of whole batches: the batches one process reads
+    assert [s.n_images for s in shards] == [6, 3, 1]
     assert torch.equal(torch.cat([x for s in shards for x, _ in s]), whole)
-    assert [s.record()["first_index"] for s in shards] == [0, 3, 6]
+    assert [s.record()["first_index"] for s in shards] == [0, 6, 9]
+    assert [first for s in shards for first, _, _ in s.indexed()] == [0, 3, 6, 9]
 
 
 def test_limit_takes_the_first_images_in_sorted_order(tmp_path):

@@ -30,7 +30,9 @@ EXAMPLES = {
   shiftlab audit --model my_net.py:build --weights net.pt --data digits.npz --protocol canvas --margin 2
   shiftlab audit --model lenet-wolf --data synthetic:64 --protocol fractional --shifts=-1:1:0.25
   shiftlab audit --model my_resnet.py:build --data folder:val --resize 256 --center-crop 256x256 \
-                 --protocol crop --crop 224x224 --shifts=0:0 --normalize imagenet --workers 4""",
+                 --protocol crop --crop 224x224 --shifts=0:0 --normalize imagenet --workers 4
+  shiftlab audit --model lenet-wolf --data mnist --device cuda --amp bf16 --out out/gpu.json
+  torchrun --standalone --nproc-per-node 2 -m shiftlab audit --model lenet-wolf --data mnist --out out/2proc.json""",
     "train": """examples:
   shiftlab train --model lenet-wolf --data mnist --epochs 3 --out out/lenet-wolf
   shiftlab train --model lenet-wolf --data mnist --canvas 38 --augment shift:5 --out out/aug
@@ -110,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=EXAMPLES.get(name),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    def device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+        p.add_argument("--device", default=default, metavar="DEVICE",
+                       help=f"auto, cpu, cuda, cuda:N or mps (default {default}; auto: CUDA if "
+                            "available, else MPS, else the CPU; under torchrun, cuda is the "
+                            "GPU of the process's LOCAL_RANK)")
+
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
                                                        "torchvision:NAME or timm:NAME (if installed)")
@@ -158,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="out/audit.json", help="where to write the JSON result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_arg(p)
+    p.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="run the forward passes under autocast in bfloat16 or float16 (the "
+                        "'exact' tolerance follows: 10 eps of that dtype)")
 
     command("models", "List the models of the zoo.")
 
@@ -185,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_arg(p, "cpu")              # seeded training stays bitwise reproducible by default
 
     p = command("fetch-mnist", "Set up real MNIST once (download, verify, store); offline after.")
     p.add_argument("--dest", default="data", help="folder for mnist.npz (default ./data)")
@@ -195,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="folder for the JSON and figures (default out)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
+    device_arg(p, "cpu")
 
     p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
     p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
@@ -221,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive, default=8, help="frames per second (default 8, at most 50)")
     p.add_argument("--seed", type=_seed, default=0, help="k-means seed (default 0)")
     p.add_argument("--out", required=True, help="the GIF to write")
+    device_arg(p)
 
     p = command("report", "Write the self-contained HTML report of a results folder.")
     p.add_argument("results", help="results folder (audit-*.json, models/*/train.json, animation-*.gif, "
@@ -300,26 +315,46 @@ def cmd_audit(args) -> None:
         raise ShiftlabError(f"--crop needs HxW (images) or T (signals), got "
                             f"{'x'.join(map(str, args.crop))}")
     _layer_names(args.layers)
-    from .audit import AuditConfig, audit
+    from .audit import AuditConfig
     config = AuditConfig(
         protocol=args.protocol, shifts=args.shifts, layers=args.layers, pairs=args.pairs,
         pair_range=args.pair_range, margin=args.margin, fill=args.fill, crop=args.crop,
         crop_offsets=args.crop_offsets, batch_size=args.batch_size, seed=args.seed,
         sensitivity_layer=args.sensitivity_layer, name=args.model, normalize=args.normalize,
-        progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
+        amp=args.amp, progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
+    from . import distributed
+    from .device import check_amp
+    # under torchrun: join the group; rank 0 alone prints and writes (see shiftlab.distributed)
+    with distributed.from_env(args.device) as (group, device), warnings.catch_warnings():
+        if group is not None and group.rank != 0:
+            warnings.simplefilter("ignore")
+        check_amp(args.amp, device, _dtype(args.dtype))
+        with distributed.stage(group):            # a failure here is told to the other ranks
+            result = _audit_here(args, config, device)
+        with distributed.stage(group):
+            if group is None or group.rank == 0:
+                print(result.table())
+                path = result.to_json(args.out)
+                print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")
+            if group is not None:
+                group.exchange()                  # every rank learns whether rank 0 wrote it
+
+
+def _audit_here(args, config, device):
+    """Load ``--data`` and ``--model`` (on ``device``) and audit them (this rank's shard)."""
+    import torch
+    from .audit import audit
+    from .data.preprocess import check_channels
     data, shape = (_folder_stream(args) if args.data.startswith("folder:")
                    else _data_in_memory(args))
     if args.crop is not None and len(args.crop) != len(shape) - 1:
         raise ShiftlabError(f"--crop {'x'.join(map(str, args.crop))} does not fit "
                             + ("images: give HxW" if len(shape) == 3 else "signals: give one length T"))
-    from .data.preprocess import check_channels
     check_channels(config.normalize, shape[0], f"--data {args.data} has")
+    torch.manual_seed(args.seed)                  # the same initial weights on every rank
     model = _load_model(args, input_size=args.crop[0] if args.crop else shape[-1],
-                        in_channels=shape[0])
-    result = audit(model, data, config)
-    print(result.table())
-    path = result.to_json(args.out)
-    print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")
+                        in_channels=shape[0]).to(device)
+    return audit(model, data, config)
 
 
 def _folder_stream(args):
@@ -415,7 +450,8 @@ def cmd_train(args) -> None:
                          canvas=args.canvas, seed=args.seed, limit=args.limit,
                          channels_last=not args.no_channels_last, init=args.init)
     # train() checks everything before any work, creates --out only then and locks it
-    train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty(),
+          device=args.device)
 
 
 def cmd_fetch_mnist(args) -> None:
@@ -440,7 +476,9 @@ def cmd_experiment(args) -> None:
     if args.name not in EXPERIMENTS:
         raise ShiftlabError(f"unknown experiment {args.name!r}; see `shiftlab experiment --list`")
     check_writable(Path(args.out) / f"experiment-{args.name}.json")   # before the work
-    result = run_experiment(args.name, args.out, seed=args.seed, quick=args.quick)
+    from .device import training_device
+    with training_device(args.device):            # the experiment's training runs go there
+        result = run_experiment(args.name, args.out, seed=args.seed, quick=args.quick)
     print(f"\n{result.title}\n\n{result.table()}\n")
     for claim, holds in result.claims.items():
         print(f"  [{'holds' if holds else 'FAILS'}] {claim}")
@@ -513,10 +551,12 @@ def cmd_animate(args) -> None:
     if args.clusters > MAX_CLUSTERS or args.fps > 50:
         raise ShiftlabError(f"--clusters must be at most {MAX_CLUSTERS} and --fps at most 50, got "
                             f"{args.clusters} and {args.fps}")
+    from .device import resolve_device
+    device = resolve_device(args.device)
     x, y = load_data(args.data, split="test", seed=0)
     if not 0 <= args.index < len(x):
         raise ShiftlabError(f"--index must be in [0, {len(x) - 1}] for {args.data}, got {args.index}")
-    model = _load_model(args, input_size=args.canvas)
+    model = _load_model(args, input_size=args.canvas).to(device)
     label = None if y is None else int(y[args.index])
     path, frames = animate(model, x[args.index], args.out, canvas=args.canvas, path=args.path,
                            layers=args.layers, clusters=args.clusters, seed=args.seed, fps=args.fps,
@@ -659,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
                 _import_torch()
             COMMANDS[args.command](args)
     except ShiftlabError as err:
-        print(f"{getattr(err, 'prog', prog)}: error: {printable(str(err))}", file=sys.stderr)
+        if not getattr(err, "quiet", False):          # quiet: another rank of torchrun says it
+            print(f"{getattr(err, 'prog', prog)}: error: {printable(str(err))}", file=sys.stderr)
         return 2
     except BaseException as err:
         if not _interrupted(err):

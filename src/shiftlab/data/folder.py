@@ -267,7 +267,7 @@ class FolderStream:
 
     def __init__(self, index: FolderIndex, preprocess: Preprocess | None = None, *,
                  batch_size: int = 256, workers: int = 0, skip_bad: bool = False,
-                 indices: range | None = None):
+                 indices: range | None = None, scan_bad: bool = True):
         if workers < 0:
             raise ShiftlabError(f"workers must be 0 (read in this process) or more, got {workers}")
         if batch_size < 1:
@@ -284,7 +284,8 @@ class FolderStream:
         self.loader = torch.utils.data.DataLoader(
             subset, batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=collate_images)
-        self.skipped: list[BadImage] = list(index.bad)
+        self.scan_bad = scan_bad            # list the files the header scan refused (one shard does)
+        self.skipped: list[BadImage] = list(index.bad) if scan_bad else []
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -301,10 +302,19 @@ class FolderStream:
         return self.index.classes
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
-        self.skipped = list(self.index.bad)
+        for _, x, y in self.indexed():
+            yield x, y
+
+    def indexed(self) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+        """``(position of the batch's first image in the whole folder, images, labels)`` per
+        batch. Batch ``b`` is keyed ``indices[b·batch_size]`` whether or not files in it were
+        skipped, so keys (the audit's random pairs) are the same in one process and in K."""
+        self.skipped = list(self.index.bad) if self.scan_bad else []
         labelled = self.index.classes is not None
         batches = iter(self.loader)
+        b = -1
         while True:
+            b += 1
             try:
                 x, y, bad = next(batches)
             except StopIteration:
@@ -317,7 +327,7 @@ class FolderStream:
                     raise ShiftlabError(item.reason + SKIP_HINT)
                 self.skipped.append(item)
             if x is not None:
-                yield x, (y if labelled else None)
+                yield self.indices[b * self.batch_size], x, (y if labelled else None)
         if self.skipped:
             names = ", ".join(Path(b.file).name for b in self.skipped[:3])
             warnings.warn(f"skipped {len(self.skipped)} unreadable image"
@@ -325,14 +335,18 @@ class FolderStream:
                           f"{' …' if len(self.skipped) > 3 else ''}", stacklevel=2)
 
     def shard(self, rank: int, world: int) -> "FolderStream":
-        """The contiguous block ``[rank·n/world, (rank+1)·n/world)`` of this stream's
-        images (exact shards: no padding, no duplicates; in rank order they are the stream)."""
+        """Rank ``rank``'s contiguous run of whole batches (:func:`shiftlab.distributed.block`
+        over the batches): exact shards, no padding, no duplicates; in rank order they are the
+        stream, batch for batch, so K processes compute exactly what one does."""
+        from ..distributed import block
         if not 0 <= rank < world:
             raise ShiftlabError(f"rank must be in [0, {world - 1}], got {rank}")
-        n = len(self.indices)
-        block = self.indices[rank * n // world:(rank + 1) * n // world]
+        n, size = len(self.indices), self.batch_size
+        run = block(-(-n // size), rank, world)
+        block = self.indices[run.start * size:min(run.stop * size, n)]
         return FolderStream(self.index, self.preprocess, batch_size=self.batch_size,
-                            workers=self.workers, skip_bad=self.skip_bad, indices=block)
+                            workers=self.workers, skip_bad=self.skip_bad, indices=block,
+                            scan_bad=self.scan_bad and rank == 0)
 
     def record(self) -> dict:
         """Where the images came from and how they were prepared, as data."""
@@ -355,6 +369,22 @@ class FolderStream:
             "preprocess": self.preprocess.record(),
             "loader": {"batch_size": self.batch_size, "workers": self.workers},
         }
+
+
+def merge_records(records: list[dict]) -> dict | None:
+    """One :meth:`FolderStream.record` for shards read by several processes, in rank order:
+    image and skipped counts add, the skipped lists join."""
+    records = [r for r in records if r]
+    if not records:
+        return None
+    merged = dict(records[0])
+    if len(records) > 1:
+        merged["images"] = sum(r["images"] for r in records)
+        merged["first_index"] = records[0]["first_index"]
+        merged["skipped_files"] = sum(r["skipped_files"] for r in records)
+        merged["skipped"] = [s for r in records for s in r["skipped"]][:MAX_LISTED]
+        merged["processes"] = len(records)
+    return merged
 
 
 def stream_image_folder(directory: str | Path, preprocess: Preprocess | None = None, *,

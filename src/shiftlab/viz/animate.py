@@ -123,8 +123,8 @@ def probe_maps(model: nn.Module, inputs: torch.Tensor, infos) -> tuple[dict[str,
     with Probe(model, names, clone={i.name for i in infos if i.overwritten}) as probe:
         record = probe(inputs)
     logits = record[OUTPUT].reshape(len(inputs), -1).double()
-    probs = torch.softmax(logits, dim=1).numpy()
-    return {n: record[n].double().numpy() for n in names}, probs
+    probs = torch.softmax(logits, dim=1).cpu().numpy()
+    return {n: record[n].double().cpu().numpy() for n in names}, probs
 
 
 def colour_maps(maps: np.ndarray, clusters: int = 6, seed: int = 0) -> np.ndarray:
@@ -295,11 +295,12 @@ def compute_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38,
     """Slide ``image`` along ``path`` on the canvas and colour the chosen layers' maps."""
     image = check_image(image)
     positions = slide_path(path, tuple(image.shape[-2:]), canvas)
-    inputs = canvas_frames(image, positions, canvas, model_dtype(model))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = canvas_frames(image, positions, canvas, model_dtype(model)).to(device)  # model's device
     infos = choose_layers(model, inputs[:1], layers)
     maps, probs = probe_maps(model, inputs, infos)
     shifts = positions - positions[0]
-    views = [LayerFrames("input", "canvas", 1, grey_maps(inputs.double().numpy()), None)]
+    views = [LayerFrames("input", "canvas", 1, grey_maps(inputs.double().cpu().numpy()), None)]
     views += [LayerFrames(i.name, i.kind, i.stride, colour_maps(maps[i.name], clusters, seed), None)
               for i in infos]
     laws = [law_alignments(inputs.double().numpy(), shifts, 1)]
