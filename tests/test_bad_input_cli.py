@@ -768,7 +768,7 @@ def _nested(tmp: Path, command: str) -> list[str]:
 
 
 REFUSED = {
-    "audit": ["audit", "--model", "conv-circular", "--data", "synthetic:2:3x28x28", "--shifts=-1:1", *FAST],
+    "audit": ["audit", "--model", "conv-circular", "--data", "synthetic:2:1x28", "--shifts=-1:1", *FAST],
     "animate": ["animate", "--model", "conv-circular", "--data", "synthetic:2", "--canvas", "20"],
     "report": ["report", "missing-results"],
     "experiment": ["experiment", "no-such-experiment"],

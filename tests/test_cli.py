@@ -112,7 +112,10 @@ def _py(path, text):
 
 
 def case_channels(tmp):
-    return ["--model", "conv-circular", "--data", "synthetic:4:3x28x28"], "channel"
+    """(Zoo models take the data's channel count; a model file's first conv does not.)"""
+    model = _py(tmp / "grey.py", "from torch import nn\n\ndef build():\n    return nn.Sequential("
+                "nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n")
+    return ["--model", f"{model}:build", "--data", "synthetic:4:3x28x28"], "channel"
 
 
 def case_image_smaller_than_shift(tmp):

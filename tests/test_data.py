@@ -111,15 +111,26 @@ def test_image_folder(tmp_path):
     assert classes == ["cat", "dog"] and y.tolist() == [0, 0, 1, 1]
     assert x.shape == (4, 1, 6, 5) and float(x[3, 0, 0, 0]) == pytest.approx(80 / 255)
     _png(tmp_path / "dog" / "rgb.png", np.zeros((6, 5, 3), np.uint8))
-    assert load_image_folder(tmp_path)[0].shape == (5, 3, 6, 5)       # any colour -> RGB
+    with pytest.warns(UserWarning, match="4 grey of 5 read as RGB"):
+        assert load_image_folder(tmp_path)[0].shape == (5, 3, 6, 5)   # any colour -> RGB
+
+
+def test_a_flat_image_folder_has_no_labels(tmp_path):
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", np.full((4, 6), 60 * i, np.uint8))
+    x, y, classes = load_image_folder(tmp_path)
+    assert x.shape == (3, 1, 4, 6) and y is None and classes is None
+    assert x[:, 0, 0, 0].tolist() == pytest.approx([0, 60 / 255, 120 / 255])
+    images, labels = load_data(f"folder:{tmp_path}")
+    assert torch.equal(images, x) and labels is None
 
 
 @pytest.mark.parametrize("setup,match", [
-    (lambda root: None, "no class sub-folders"),
-    (lambda root: (root / "a").mkdir(), "no images"),
+    (lambda root: None, "hold no images"),
+    (lambda root: (root / "a").mkdir(), "and its class folders hold no images"),
     (lambda root: ((root / "a").mkdir(), (root / "a" / "x.png").write_bytes(b"not a png")), "cannot read image"),
     (lambda root: ((root / "a").mkdir(), _png(root / "a" / "1.png", np.zeros((4, 4), np.uint8)),
-                   _png(root / "a" / "2.png", np.zeros((5, 4), np.uint8))), "share one size"),
+                   _png(root / "a" / "2.png", np.zeros((5, 4), np.uint8))), "differ in size"),
 ])
 def test_image_folder_errors(tmp_path, setup, match):
     setup(tmp_path)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.experiments import EXPERIMENTS, ExperimentResult, run_experiment
+from shiftlab.experiments import EXPERIMENTS, ExperimentResult
+from shiftlab.experiments import time_vs_frequency as tvf
 from shiftlab.experiments.time_vs_frequency import (RATE, best_shift_correlation, delay,
                                                     harmonic_fine_structure, harmonic_tone,
                                                     harmonic_translation, spectral_peaks,
@@ -47,6 +48,31 @@ def test_time_shift_errors_vanish_exactly_at_hop_multiples():
     for kind, e in errors.items():
         assert max(e[0], e[2], e[3]) < 1e-6, kind
         assert min(e[1], e[4]) > 1e-2, kind
+
+
+def test_time_shift_errors_are_the_law_on_the_interior_frames():
+    """The law's number, computed by hand: frames ``t`` of the delayed spectrogram against
+    frames ``t − k`` of the original over the frames at least ``m = ⌈n_fft / 2 hop⌉`` from
+    either end, ``k = d / hop`` when the hop divides ``d``, else each clip's better of
+    ``⌊d / hop⌋`` and ``⌈d / hop⌉``; and the margin matters (the last frames differ)."""
+    x = torch.randn(3, 2000, generator=torch.Generator().manual_seed(2))
+    n_fft, hop, m = 256, 80, 2
+    ref = spectrogram(x, RATE, kind="linear", n_fft=n_fft, hop=hop, scale="magnitude")[:, 0].double()
+    frames = ref.shape[-1]
+
+    def by_hand(d: int, ks: list[int]) -> float:
+        moved = spectrogram(delay(x, d), RATE, kind="linear", n_fft=n_fft, hop=hop, scale="magnitude")[:, 0]
+        pairs = [((moved.double()[..., k + m:frames - m] - ref[..., m:frames - m - k]).square().sum((1, 2)),
+                  ref[..., m:frames - m - k].square().sum((1, 2))) for k in ks]
+        best = [min(((d2[n], r2[n]) for d2, r2 in pairs), key=lambda p: p[0] / p[1]) for n in range(len(x))]
+        return float((sum(p[0] for p in best) / sum(p[1] for p in best)).sqrt())
+
+    law = time_shift_errors(x, RATE, [160, 200], kinds=("linear",), n_fft=n_fft, hop=hop)["linear"]
+    assert law[0] == pytest.approx(by_hand(160, [2]), abs=1e-9) and law[0] < 1e-6
+    assert law[1] == pytest.approx(by_hand(200, [2, 3]), rel=1e-6) and law[1] > 0.1
+    moved = spectrogram(delay(x, 160), RATE, kind="linear", n_fft=n_fft, hop=hop, scale="magnitude")[:, 0]
+    tail = moved[..., frames - m:] - ref[..., frames - m - 2:frames - 2]
+    assert float(tail.abs().max()) > 1e-2 * float(ref.abs().max())
 
 
 def test_spectral_peaks_find_the_partials():
@@ -107,26 +133,34 @@ def test_registered():
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["espeak-ng", "synthetic"])
 def test_quick_run_holds_every_claim(engine, tmp_path, monkeypatch):
-    """With espeak-ng's speech (when installed) and with the synthetic fallback alike."""
+    """With espeak-ng's speech (when installed) and with the synthetic fallback alike: every
+    claim holds on ``compute``'s data, and the four figures are drawn from that data alone."""
     import shiftlab.data.speech as speech
     if engine == "espeak-ng" and speech.espeak_path() is None:
         pytest.skip("espeak-ng is not installed")
     if engine == "synthetic":
         monkeypatch.setattr(speech, "espeak_path", lambda: None)
     monkeypatch.setenv("SHIFTLAB_DATA", str(tmp_path / "data"))
-    out = tmp_path / "out"
-    result = run_experiment("time-vs-frequency", out, quick=True, log=lambda s: None)
-    failed = [claim for claim, ok in result.claims.items() if not ok]
+    data = tvf.compute(quick=True, log=lambda s: None)
+    claims = tvf.claims(data)
+    failed = [claim for claim, ok in claims.items() if not ok]
     assert not failed, failed
-    assert len(result.claims) == 11 and len(result.figures) == 4
-    for name in result.figures:
-        assert (out / name).stat().st_size > 1000 and (out / name).with_suffix(".svg").is_file()
-    loaded = ExperimentResult.load(out / "experiment-time-vs-frequency.json")
-    assert loaded.claims == result.claims and loaded.rows == json.loads(json.dumps(result.rows))
+    assert len(claims) == 11
+    again = json.loads(json.dumps(data))                       # what run() saves
+    assert again == data
+    figures = tvf.draw(again, tmp_path / "out")
+    assert len(figures) == 4
+    for path in figures:
+        assert path.stat().st_size > 1000 and path.with_suffix(".svg").is_file()
+    result = tvf.summarise(data, figures)
+    assert result.claims == claims and result.figures == [p.name for p in figures]
     n = result.numbers
     assert n["a_max_error_hop_multiple"] < 1e-5
     assert n["b_resample_correlation"]["log"] > 0.9 and n["b_log_shift_as_predicted"] >= 0.9
     details = n["details"]
-    assert details["data"]["engine"] == engine
+    assert details["data"]["engine"] == engine and "example" not in details
     assert ("SYNTHETIC" in result.summary) == (engine == "synthetic")
     assert details["settings"]["quick"] is True
+    result.save(tmp_path)                                      # plain JSON, loads back the same
+    loaded = ExperimentResult.load(tmp_path / "experiment-time-vs-frequency.json")
+    assert loaded.claims == result.claims and loaded.rows == json.loads(json.dumps(result.rows))

@@ -1,11 +1,18 @@
 """Experiments pooling, augmentation, convolution-theorem, template-matching, weight-sharing:
-their reusable pieces against oracles, and each experiment's key claim as measured."""
+their reusable pieces against oracles, each experiment's key claim checked on the data its
+``compute`` returns, its figures drawn from that data alone; saving the data and redrawing."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.experiments import ExperimentResult, run_experiment
+from shiftlab.experiments import (ExperimentResult, augmentation, convolution_theorem, pooling, redraw,
+                                  run_experiment, template_matching, weight_sharing)
+from shiftlab.experiments.base import data_path, load_data, save_data
 from shiftlab.experiments.convolution_theorem import (TheoremReport, check_convolution_theorem,
                                                       circular_convolve, dense_image_map,
                                                       impulse_response, position_dependent_filter)
@@ -175,70 +182,88 @@ def test_global_pool_classifier_is_exactly_invariant_to_circular_shifts():
 
 
 # ----------------------------------------------------------------------------- the experiments
-@pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("experiments")
+def _drawn_from_json(module, data, folder):
+    """``module.draw`` from the data after a trip through JSON (what ``run`` saves): the
+    data is plain JSON, and the figures come out of it alone."""
+    again = json.loads(json.dumps(data))
+    assert again == data                                          # nothing lost on the way
+    pngs = module.draw(again, folder)
+    assert pngs and all(p.suffix == ".png" and p.stat().st_size > 1000 for p in pngs)
+    assert all(p.with_suffix(".svg").is_file() for p in pngs)
+    return [p.name for p in pngs]
 
 
-def _check_saved(result: ExperimentResult, out_dir):
-    assert result.figures and all((out_dir / f).is_file() for f in result.figures)
-    assert all((out_dir / f.replace(".png", ".svg")).is_file() for f in result.figures)
-    again = ExperimentResult.load(out_dir / f"experiment-{result.name}.json")
-    assert again.claims == result.claims and again.rows == [list(r) for r in result.rows]
+def test_convolution_theorem_claims_on_its_data(tmp_path):
+    data = convolution_theorem.compute(quick=True, log=lambda s: None)
+    assert all(convolution_theorem.claims(data).values()), convolution_theorem.claims(data)
+    m = data["maps"]
+    assert m["circular conv 5x5 (nn.Conv2d)"]["reconstruction_error"] < 1e-10
+    assert m["dense layer"]["reconstruction_error"] > 0.1
+    assert m["position-dependent filter"]["reconstruction_error"] > 0.1
+    assert not m["conv + ReLU (not linear)"]["is_linear"]
+    example = data["example"]["circular conv 5x5 (nn.Conv2d)"]
+    assert max(max(row) for row in example["error"]) < 1e-10                # its rebuild is exact
+    figures = _drawn_from_json(convolution_theorem, data, tmp_path)
+    assert convolution_theorem.summarise(data, [tmp_path / f for f in figures]).figures == \
+        ["convolution-theorem-maps.png", "convolution-theorem-errors.png"]
 
 
-def test_convolution_theorem_experiment(out_dir):
-    result = run_experiment("convolution-theorem", out_dir, quick=True, log=lambda s: None)
-    assert all(result.claims.values()), result.claims
-    n = result.numbers
-    assert n["circular conv 5x5 (nn.Conv2d)"]["reconstruction_error"] < 1e-10
-    assert n["dense layer"]["reconstruction_error"] > 0.1
-    assert n["position-dependent filter"]["reconstruction_error"] > 0.1
-    _check_saved(result, out_dir)
+def test_template_matching_claims_on_its_data(tmp_path):
+    data = template_matching.compute(quick=True, log=lambda s: None)
+    assert data["exact_positions"] == data["shifts"] >= 25           # every tested shift
+    assert data["max_change"] < 1e-10 and data["equivariance_error_max"] < 1e-10
+    assert data["score_target"] == pytest.approx(1.0, abs=1e-12)
+    assert data["score_distractor"] < 0.9 and data["score_same_class"] < 0.9
+    assert max(data["max_per_shift"]) - min(data["max_per_shift"]) < 1e-10
+    assert all(template_matching.claims(data).values())
+    assert _drawn_from_json(template_matching, data, tmp_path) == ["template-matching.png"]
 
 
-def test_template_matching_experiment(out_dir):
-    result = run_experiment("template-matching", out_dir, quick=True, log=lambda s: None)
-    n = result.numbers
-    assert n["exact_positions"] == n["shifts"] >= 25           # every tested shift
-    assert n["max_change"] < 1e-10 and n["equivariance_error_max"] < 1e-10
-    assert n["score_target"] == pytest.approx(1.0, abs=1e-12)
-    assert n["score_distractor"] < 0.9 and n["score_same_class"] < 0.9
-    assert all(result.claims.values())
-    _check_saved(result, out_dir)
+def test_invariance_errors_is_the_laws_invariance_branch():
+    """|f(Tx) − f(x)| / |f(x)| per shift: 0 for a global max of a bump that stays inside,
+    the lost mass for a sum when the bump leaves the canvas."""
+    from shiftlab.actions import CanvasShift
+    x = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    x[0, 0, 3:5, 3:5] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    errors = template_matching.invariance_errors(lambda t: t.flatten(1).amax(1), x, [(1, 2), (-3, 0)],
+                                                 CanvasShift())
+    assert errors == [0.0, 0.0]
+    lost = template_matching.invariance_errors(lambda t: t.flatten(1).sum(1), x, [(0, 4)], CanvasShift())
+    assert lost == pytest.approx([(2.0 + 4.0) / 10.0])              # the right column left
 
 
-def test_weight_sharing_experiment(out_dir):
-    result = run_experiment("weight-sharing", out_dir, quick=True, log=lambda s: None)
-    counts, errors = result.numbers["parameters"], result.numbers["equivariance_error"]
+def test_weight_sharing_claims_on_its_data(tmp_path):
+    data = weight_sharing.compute(quick=True, log=lambda s: None)
+    counts, errors = data["parameters"], data["equivariance_error"]
     assert counts["dense 400x400x3 -> 500"] == 240_000_500 and counts["conv, one 5x5x3 filter"] == 76
     assert errors["conv 5x5x3, circular padding"] < 1e-10 < 0.1 < errors["dense layer (random weights)"]
-    assert result.numbers["tied_distinct_values"] == 75
-    assert all(result.claims.values())
-    _check_saved(result, out_dir)
+    assert data["tied_distinct_values"] == 75
+    assert all(weight_sharing.claims(data).values())
+    assert _drawn_from_json(weight_sharing, data, tmp_path) == ["weight-sharing.png"]
 
 
 @pytest.mark.slow
-def test_pooling_experiment(out_dir):
-    result = run_experiment("pooling", out_dir, quick=True, log=lambda s: None)
-    d = {name: c["distance"] for name, c in result.numbers["curves"].items()}
+def test_pooling_claims_on_its_data(tmp_path):
+    data = pooling.compute(quick=True, log=lambda s: None)
+    d = {name: c["distance"] for name, c in data["curves"].items()}
     for name in ("no pooling", "max-pool 2", "max-pool 4"):     # invariance decays with the shift
         assert d[name][1] < d[name][2] < d[name][4]
-    tol = result.numbers["tolerated_shift"]
+    tol = data["tolerated_shift"]
     assert tol["max-pool 4"] > tol["max-pool 2"] > tol["no pooling"]
     assert max(d["global max-pool"]) < 1e-5
-    assert all(result.claims.values()), result.claims
-    _check_saved(result, out_dir)
+    assert all(pooling.claims(data).values()), pooling.claims(data)
+    assert _drawn_from_json(pooling, data, tmp_path) == ["pooling.png"]
 
 
 @pytest.mark.slow
-def test_augmentation_experiment(out_dir):
-    result = run_experiment("augmentation", out_dir, quick=True, log=lambda s: None)
-    shifted = next(v for k, v in result.numbers["variants"].items() if k.startswith("shifted"))
+def test_augmentation_claims_on_its_data(tmp_path):
+    data = augmentation.compute(quick=True, log=lambda s: None)
+    shifted = next(v for k, v in data["variants"].items() if k.startswith("shifted"))
     assert shifted["accuracy_inside"] - shifted["accuracy_outside"] > 0.2
     assert shifted["consistency_inside"] > shifted["consistency_everywhere"]
-    assert all(result.claims.values()), result.claims
-    _check_saved(result, out_dir)
+    assert all(augmentation.claims(data).values()), augmentation.claims(data)
+    assert _drawn_from_json(augmentation, data, tmp_path) == ["augmentation.png"]
+    assert not list(tmp_path.glob("augmentation-runs"))         # trained in a temporary folder
 
 
 def test_no_pooling_is_the_identity_and_the_augmentation_default_uses_shipped_nets():
@@ -252,12 +277,98 @@ def test_no_pooling_is_the_identity_and_the_augmentation_default_uses_shipped_ne
 
 
 @pytest.mark.slow
-def test_augmentation_experiment_with_the_shipped_nets(tmp_path):
-    result = run_experiment("augmentation", tmp_path, log=lambda s: None)
-    weights = result.settings["weights"]
+def test_augmentation_with_the_shipped_nets(tmp_path):
+    data = augmentation.compute(log=lambda s: None, out=tmp_path)
+    weights = data["settings"]["weights"]
     assert [w["weights"] for w in weights.values()] == ["weights/augmentation-centred",
                                                         "weights/augmentation-shifted"]
     assert all(w["source"] == "shipped" and w["test_accuracy"] >= 0.98 for w in weights.values())
-    assert all(result.claims.values()), result.claims
+    assert all(augmentation.claims(data).values()), augmentation.claims(data)
     assert not (tmp_path / "augmentation-runs").exists()
+
+
+# ----------------------------------------------------------------------------- run, save, redraw
+def test_run_saves_result_and_data_and_redraw_makes_the_same_figures(tmp_path):
+    """``run_experiment`` writes the result, the data and the figures; ``redraw`` draws the
+    figures again from the saved data alone, byte for byte (computing nothing)."""
+    result = run_experiment("weight-sharing", tmp_path, quick=True, log=lambda s: None)
     _check_saved(result, tmp_path)
+    data = load_data(tmp_path, "weight-sharing")
+    assert data == json.loads(json.dumps(weight_sharing.compute(quick=True, log=lambda s: None)))
+    assert ExperimentResult.load(tmp_path / "experiment-weight-sharing.json").numbers["parameters"] == \
+        data["parameters"]                                          # the keys the report reads stay
+    svg = (tmp_path / "weight-sharing.svg").read_bytes()
+    (tmp_path / "weight-sharing.svg").unlink()
+    (tmp_path / "weight-sharing.png").unlink()
+    pngs = redraw("weight-sharing", tmp_path)
+    assert [p.name for p in pngs] == result.figures
+    assert (tmp_path / "weight-sharing.svg").read_bytes() == svg
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["experiment-data", "experiment-weight-sharing.json", "weight-sharing.png", "weight-sharing.svg"]
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "no such experiment data"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "no settings"),
+    ('{"parameters": {}}', "no settings"),
+])
+def test_redraw_bad_data(tmp_path, content, match):
+    if content is not None:
+        path = data_path(tmp_path, "weight-sharing")
+        path.parent.mkdir()
+        path.write_text(content)
+    with pytest.raises(ShiftlabError, match=match):
+        redraw("weight-sharing", tmp_path)
+    assert not (tmp_path / "weight-sharing.png").exists()
+    with pytest.raises(ShiftlabError, match="unknown experiment"):
+        redraw("nonsense", tmp_path)
+
+
+def test_save_data_refuses_what_json_cannot_hold(tmp_path):
+    with pytest.raises(ShiftlabError, match="not plain JSON"):
+        save_data({"settings": {}, "kernel": torch.zeros(2)}, tmp_path, "weight-sharing")
+    assert not (tmp_path / "experiment-data").exists()
+
+
+def test_computing_the_numbers_draws_nothing():
+    """``compute`` never imports matplotlib (nor the figure code): the claims can be
+    computed and tested without it."""
+    code = ("import sys\n"
+            "from shiftlab.experiments import bag_of_features, convolution_theorem, template_matching, "
+            "weight_sharing\n"
+            "for m in (bag_of_features, convolution_theorem, template_matching, weight_sharing):\n"
+            "    assert all(m.claims(m.compute(quick=True, log=lambda s: None)).values()), m.__name__\n"
+            "drawing = sorted(n for n in sys.modules if n.startswith(('matplotlib', 'shiftlab.viz')))\n"
+            "assert not drawing, drawing\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_experiment_has_the_same_parts():
+    """compute / draw / claims / summarise / run, and drawing code only inside draw."""
+    import ast
+    import importlib
+    import inspect
+    from shiftlab.experiments import EXPERIMENTS
+    for name, (module_name, _) in EXPERIMENTS.items():
+        module = importlib.import_module(f"shiftlab.experiments.{module_name}")
+        for part in ("compute", "draw", "claims", "summarise", "run"):
+            assert callable(getattr(module, part, None)), (name, part)
+        assert list(inspect.signature(module.draw).parameters) == ["data", "out"], name
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                drawing = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
+                           and (n.module or "").startswith(("matplotlib", "viz"))]
+                assert not drawing or node.name == "draw", (name, node.name)
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert not any("matplotlib" in ast.dump(n) or getattr(n, "module", "") == "viz" for n in top), name
+
+
+def _check_saved(result: ExperimentResult, out_dir):
+    assert result.figures and all((out_dir / f).is_file() for f in result.figures)
+    assert all((out_dir / f.replace(".png", ".svg")).is_file() for f in result.figures)
+    assert data_path(out_dir, result.name).is_file()
+    again = ExperimentResult.load(out_dir / f"experiment-{result.name}.json")
+    assert again.claims == result.claims and again.rows == [list(r) for r in result.rows]

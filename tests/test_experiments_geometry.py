@@ -1,13 +1,16 @@
-"""Experiments bag-of-features, rotation, receptive-fields: their key claims, measured."""
+"""Experiments bag-of-features, rotation, receptive-fields: their key claims, checked on the data
+their ``compute`` returns, and their figures drawn from that data alone."""
 import json
 
 import pytest
 import torch
 
 from shiftlab.cli import main
-from shiftlab.experiments import ExperimentResult, run_experiment
+from shiftlab.experiments import ExperimentResult
 from shiftlab.experiments import bag_of_features as bag
 from shiftlab.experiments import receptive_fields as rf
+from shiftlab.experiments import rotation
+from shiftlab.experiments.base import data_path
 from shiftlab.models import create_model
 
 
@@ -15,31 +18,31 @@ def _quiet(*_):
     pass
 
 
-def _check_files(result, folder):
-    assert (folder / f"experiment-{result.name}.json").is_file()
-    for png in result.figures:
-        assert (folder / png).is_file() and (folder / png).with_suffix(".svg").is_file()
-    again = ExperimentResult.load(folder / f"experiment-{result.name}.json")
-    assert again.claims == result.claims and again.rows == json.loads(json.dumps(result.rows))
+def _drawn_from_json(module, data, folder):
+    """``module.draw`` from the data after a trip through JSON (what ``run`` saves)."""
+    again = json.loads(json.dumps(data))
+    assert again == data                                          # plain data, nothing lost
+    pngs = module.draw(again, folder)
+    assert all(p.stat().st_size > 1000 and p.with_suffix(".svg").is_file() for p in pngs)
+    return [p.name for p in pngs]
 
 
 # ----------------------------------------------------------------------------- bag of features
-@pytest.fixture(scope="module")
-def bag_result(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bag")
-    return run_experiment("bag-of-features", folder, quick=True, log=_quiet), folder
-
-
-def test_bag_of_features_cannot_tell_anagrams_apart_but_position_can(bag_result):
-    result, folder = bag_result
-    assert result.claims and all(result.claims.values()), result.claims
-    for pair, d in result.numbers["distances"].items():
+def test_bag_of_features_cannot_tell_anagrams_apart_but_position_can(tmp_path):
+    data = bag.compute(quick=True, log=_quiet)
+    claims = bag.claims(data)
+    assert claims and all(claims.values()), claims
+    for pair, d in data["distances"].items():
         if d["anagram"]:
             assert d[bag.READOUTS[0]] < 1e-12, pair              # the bag: same features
             assert d[bag.READOUTS[3]] > 0.05, pair               # flattened: told apart
         else:
             assert d[bag.READOUTS[0]] > 0.05, pair               # different letters: told apart
-    _check_files(result, folder)
+    a, b = data["example"]["features"][bag.READOUTS[0]]
+    assert a == pytest.approx(b, abs=1e-12)                      # the figure's pooled bars agree
+    assert _drawn_from_json(bag, data, tmp_path) == ["bag-of-features.png"]
+    result = bag.summarise(data, [tmp_path / "bag-of-features.png"])
+    assert result.rows[0][:3] == ["STRESSED", "DESSERTS", "yes"] and result.figures == ["bag-of-features.png"]
 
 
 def test_letter_windows_hold_one_letter_each_and_global_pooling_forgets_order():
@@ -58,21 +61,23 @@ def test_letter_windows_hold_one_letter_each_and_global_pooling_forgets_order():
 # ----------------------------------------------------------------------------- rotation
 @pytest.mark.slow
 def test_rotation_p4_is_exactly_rot90_invariant_and_lenet_is_not(tmp_path):
-    result = run_experiment("rotation", tmp_path, quick=True, log=_quiet)
+    data = rotation.compute(quick=True, log=_quiet)
+    claims = rotation.claims(data)
     # every claim but the accuracy race, which needs well-trained nets (the shipped p4-cnn: 97 %
     # at every quarter turn, see the test below); quick trains on 1,500 digits only
     race = "at 90°, 180° and 270° p4-cnn beats lenet-wolf"
-    assert race in result.claims
-    assert all(ok for claim, ok in result.claims.items() if claim != race), result.claims
-    change = result.numbers["rot90_relative_change"]
+    assert race in claims
+    assert all(ok for claim, ok in claims.items() if claim != race), claims
+    change = data["rot90_relative_change"]
     assert change["p4-cnn"]["float32"] < 1e-5 and change["p4-cnn"]["float64"] < 1e-10
     assert change["lenet-wolf"]["float64"] > 1e-2
-    assert result.numbers["p4_rot90_relative_change_28x28"] > 1e-3
-    p4 = result.numbers["accuracy_rot90"]["p4-cnn"]
+    assert data["p4_rot90_relative_change_28x28"] > 1e-3
+    p4 = data["accuracy_rot90"]["p4-cnn"]
     assert p4 == [p4[0]] * 4 and p4[0] > 0.2                   # flat, and it did learn
-    assert result.numbers["same_prediction_all_quarter_turns"]["p4-cnn"] == 1.0
-    assert result.numbers["zoo_relative_change"]["p4-cnn"]["rot90"] < 1e-10
-    _check_files(result, tmp_path)
+    assert data["same_prediction_all_quarter_turns"]["p4-cnn"] == 1.0
+    assert data["zoo_relative_change"]["p4-cnn"]["rot90"] < 1e-10
+    assert len(set(data["example"]["predictions"]["p4-cnn"][:4])) == 1   # the figure's digit too
+    assert _drawn_from_json(rotation, data, tmp_path) == ["rotation.png"]
 
 
 # ----------------------------------------------------------------------------- receptive fields
@@ -98,23 +103,28 @@ def test_unit_window_follows_the_geometry_and_dots_outside_do_nothing():
 
 @pytest.mark.slow
 def test_receptive_fields_claims(tmp_path):
-    result = run_experiment("receptive-fields", tmp_path, quick=True, log=_quiet)
-    assert result.claims and all(result.claims.values()), result.claims
+    data = rf.compute(quick=True, log=_quiet)
+    claims = rf.claims(data)
+    assert claims and all(claims.values()), claims
+    result = rf.summarise(data, [])
     assert result.numbers["receptive_field"] == {"conv 1": 5, "conv 2": 9}
     assert result.numbers["conv1_kernel_error"] < 1e-6
     # zero direction selectivity holds by construction (the back sweep is the forward one
     # reversed): a check of the stimulus in numbers, not a claim about the trained net
-    assert not any("direction" in claim for claim in result.claims)
+    assert not any("direction" in claim for claim in claims)
     assert all(result.numbers["backward_sweep_is_forward_reversed"].values())
     assert max(result.numbers["max_direction_index"].values()) == 0.0
     assert all(n >= 4 for n in result.numbers["orientation_selective_channels"].values())
-    _check_files(result, tmp_path)
+    assert _drawn_from_json(rf, data, tmp_path) == ["receptive-fields.png"]
 
 
 def test_cli_runs_an_experiment_and_lists_them(tmp_path, capsys):
     assert main(["experiment", "bag-of-features", "--out", str(tmp_path), "--quick"]) == 0
     printed = capsys.readouterr().out
     assert "STRESSED" in printed and (tmp_path / "experiment-bag-of-features.json").is_file()
+    result = ExperimentResult.load(tmp_path / "experiment-bag-of-features.json")
+    assert result.claims and all(result.claims.values()) and result.figures == ["bag-of-features.png"]
+    assert (tmp_path / "bag-of-features.svg").is_file() and data_path(tmp_path, "bag-of-features").is_file()
     assert main(["experiment", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("bag-of-features", "rotation", "receptive-fields"))
@@ -123,28 +133,28 @@ def test_cli_runs_an_experiment_and_lists_them(tmp_path, capsys):
 # ----------------------------------------------------------------------------- shipped weights
 def test_receptive_fields_by_default_uses_the_shipped_lenet_wolf(tmp_path):
     from shiftlab.models.pretrained import provenance
-    result = run_experiment("receptive-fields", tmp_path, log=_quiet)
-    weights = result.settings["weights"]
+    data = rf.compute(log=_quiet, out=tmp_path)
+    weights = data["settings"]["weights"]
     assert weights["source"] == "shipped" and weights["sha256"] == provenance("lenet-wolf")["sha256"]
-    assert weights["test_images"] == 10_000 and result.numbers["test_accuracy"] >= 0.98
+    assert weights["test_images"] == 10_000 and data["test_accuracy"] >= 0.98
+    result = rf.summarise(data, [])
     assert "weights/lenet-wolf" in result.summary
     assert all(result.claims.values()), result.claims
-    assert not (tmp_path / "receptive-fields-model").exists()         # nothing trained
-    _check_files(result, tmp_path)
+    assert not any(tmp_path.iterdir())                                 # nothing trained, nothing written
+    assert _drawn_from_json(rf, data, tmp_path) == ["receptive-fields.png"]
 
 
 @pytest.mark.slow
 def test_rotation_by_default_uses_the_shipped_nets_and_every_claim_holds(tmp_path):
-    result = run_experiment("rotation", tmp_path, log=_quiet)
-    weights = result.settings["weights"]
+    data = rotation.compute(log=_quiet, out=tmp_path)
+    weights = data["settings"]["weights"]
     assert {w["weights"] for w in weights.values()} == {"weights/rotation-lenet-wolf", "weights/rotation-p4-cnn"}
     assert all(w["source"] == "shipped" and w["test_images"] == 10_000 for w in weights.values())
     assert weights["p4-cnn"]["test_accuracy"] >= 0.97
-    assert all(result.claims.values()), result.claims
-    p4 = result.numbers["accuracy_rot90"]["p4-cnn"]
+    assert all(rotation.claims(data).values()), rotation.claims(data)
+    p4 = data["accuracy_rot90"]["p4-cnn"]
     assert p4 == [p4[0]] * 4 and p4[0] >= 0.96                         # 500 of the test digits
-    assert not (tmp_path / "rotation-models").exists() and not (tmp_path / "experiment-models").exists()
-    _check_files(result, tmp_path)
+    assert not any(tmp_path.iterdir())                                 # nothing trained, nothing written
 
 
 def test_experiment_model_describes_shipped_weights(tmp_path):

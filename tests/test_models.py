@@ -2,19 +2,20 @@
 import pytest
 import torch
 
-from shiftlab.models import chain_geometry, create_model, list_models
+from shiftlab.models import chain_geometry, create_model, example_shape, list_models
 from shiftlab.probe import infer_layers
 
 
-def _input_size(name):
-    return 32 if name.startswith("resnet") else 28
+def _example_shape(name):
+    """The declared example input, else the zoo's usual one-channel sizes."""
+    return example_shape(name) or ((1, 64) if name.startswith("conv1d") else
+                                   (1, 32, 32) if name.startswith("resnet") else (1, 28, 28))
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_stated_total_stride_matches_the_probes(name):
     model = create_model(name).eval()
-    size = _input_size(name)
-    example = torch.zeros(1, 1, 64) if name.startswith("conv1d") else torch.zeros(1, 1, size, size)
+    example = torch.zeros(1, *_example_shape(name))
     measured = [i.stride for i in infer_layers(model, example) if i.stride_source == "measured"]
     assert model.geometry.total_stride == max(measured)
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftlab import Probe, ShiftlabError, default_layers, infer_layers
-from shiftlab.models import create_model, list_models
+from shiftlab.models import create_model, example_shape, list_models
 
 
 class Block(nn.Module):
@@ -119,9 +119,11 @@ def test_model_that_cannot_run_is_a_clear_error():
 @pytest.mark.parametrize("name", list_models())
 def test_every_zoo_model_runs_and_reports_strides(name):
     model = create_model(name).eval()
-    example = torch.zeros(1, 1, 64) if name.startswith("conv1d") else torch.zeros(1, 1, 28, 28)
+    declared = example_shape(name)                    # the 3-channel ImageNet ResNets
+    example = torch.zeros(1, *declared) if declared else \
+        torch.zeros(1, 1, 64) if name.startswith("conv1d") else torch.zeros(1, 1, 28, 28)
     infos = infer_layers(model, example)
-    assert infos[-1].name == "output" and infos[-1].shape == (10,)
+    assert infos[-1].name == "output" and infos[-1].shape == ((1000,) if declared else (10,))
     assert all(i.stride_source != "unknown" for i in infos)
 
 

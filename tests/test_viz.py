@@ -14,7 +14,8 @@ from shiftlab import audit
 from shiftlab.errors import ShiftlabError
 from shiftlab.models import create_model
 from shiftlab.viz import plots
-from shiftlab.viz.animate import animate, colour_maps, compute_frames, slide_path, stabilise
+from shiftlab.viz.animate import (animate, colour_maps, compute_frames, law_alignments, probe_maps,
+                                  slide_path, stabilise)
 from shiftlab.viz.explorer import explorer_frames, load_explorer, save_explorer
 
 
@@ -94,12 +95,72 @@ def test_colour_maps_same_vectors_same_colours_and_seeded():
 
 
 def test_stabilise_crops_the_common_window():
+    from shiftlab.actions import CanvasShift
+    from shiftlab.law import LayerGeometry, alignments
     views = np.arange(2 * 6 * 6).reshape(2, 6, 6)
-    out = stabilise(views, np.array([[0, 0], [-3, 4]]), stride=2)          # feature shifts (-2, 2)
+    geometry = LayerGeometry.same_size(CanvasShift(), 2, (6, 6))
+    floor = [alignments(CanvasShift(), geometry, d)[0] for d in [(0, 0), (-3, 4)]]
+    assert [a.feature_shift for a in floor] == [(0, 0), (-2, 2)]               # (-3, 4) / 2, floored
+    out = stabilise(views, floor)
     assert out.shape == (2, 4, 4)
     assert np.array_equal(out[0], views[0, 2:6, 0:4]) and np.array_equal(out[1], views[1, 0:4, 2:6])
+    gone = alignments(CanvasShift(), LayerGeometry.same_size(CanvasShift(), 1, (6, 6)), (0, 12))
     with pytest.raises(ShiftlabError, match="no window"):
-        stabilise(views, np.array([[0, 0], [0, 12]]), stride=1)
+        stabilise(views, [floor[0], gone[0]])
+    with pytest.raises(ShiftlabError, match="no window"):
+        stabilise(views, [floor[0], None])
+
+
+def _old_stabilise(views, shifts, stride):
+    """The animation's own numpy alignment before it came from the law (an oracle): every
+    frame moved back by ⌊δ / s⌋, on the window all frames cover."""
+    moved = np.floor_divide(shifts, stride)
+    low, span = moved.min(0), moved.max(0) - moved.min(0)
+    h, w = views.shape[1] - span[0], views.shape[2] - span[1]
+    return np.stack([views[k, e[0]:e[0] + h, e[1]:e[1] + w] for k, e in enumerate(moved - low)])
+
+
+def test_stabilised_frames_are_the_laws_aligned_maps():
+    """The stabilised view of frame t is φ(x_t) read through the law's alignment: on the
+    window it shows, φ(x_t) lies inside the law's compared region, and frame 0's view there
+    is what ``law.expected`` calls T'φ(x_0); the number under it is ``law.compare``'s. Where
+    the stride divides the shift the frames are the ones the animation drew before (its own
+    ⌊δ/s⌋ alignment); elsewhere the law's nearest alignment (floor or ceil, the better)."""
+    from shiftlab.actions import CanvasShift
+    from shiftlab.law import LayerGeometry, alignments, compare, expected, relative_error
+    from shiftlab.viz.animate import canvas_frames, choose_layers
+    action, canvas = CanvasShift(), 30
+    model = create_model("lenet-wolf", input_size=canvas).eval()
+    frames = compute_frames(model, digit(), canvas=canvas, path="loop", layers="features.1,pool")
+    inputs = canvas_frames(digit(), frames.positions, canvas, torch.float32)
+    infos = choose_layers(model, inputs[:1], "features.1,pool")
+    maps, _ = probe_maps(model, inputs, infos)
+    for info, view in zip(infos, frames.layers[1:]):
+        phi, shifts = maps[info.name], frames.shifts                      # (T, C, h, w)
+        aligned, errors = law_alignments(phi, shifts, info.stride)
+        assert [a.feature_shift for a in aligned] == [a.feature_shift for a in view.aligned]
+        np.testing.assert_array_equal(errors, view.error)
+        stable = stabilise(phi.transpose(0, 2, 3, 1), aligned)           # the maps, moved back
+        h, w = stable.shape[1:3]
+        y0, x0 = (max(a.blocks[0][1][axis].start for a in aligned) for axis in range(2))
+        geometry = LayerGeometry.same_size(action, info.stride, phi.shape[2:])
+        for t, a in enumerate(aligned):
+            candidates = alignments(action, geometry, tuple(float(d) for d in shifts[t]))
+            assert a in candidates
+            moved, mask = expected(action, torch.from_numpy(phi[:1]), a)   # T'φ(x_0), compared region
+            (out, src), = a.blocks
+            ky, kx = out[0].start - src[0].start, out[1].start - src[1].start
+            rows, cols = slice(y0 + ky, y0 + ky + h), slice(x0 + kx, x0 + kx + w)
+            assert mask is None or bool(mask[0, rows, cols].all())
+            np.testing.assert_array_equal(stable[t], phi[t][:, rows, cols].transpose(1, 2, 0))
+            np.testing.assert_array_equal(stable[0], moved[0][:, rows, cols].numpy().transpose(1, 2, 0))
+            law = compare(action, geometry, torch.from_numpy(phi[t:t + 1]), torch.from_numpy(phi[:1]),
+                          tuple(float(d) for d in shifts[t]))            # the law keeps the best
+            assert errors[t] == float(relative_error(law))
+        exact = (shifts % info.stride == 0).all(1)
+        assert np.array_equal(_old_stabilise(view.raw, shifts, info.stride)[exact], view.stable[exact])
+        kinds = {a.kind for a, e in zip(aligned, exact) if not e}
+        assert kinds == (set() if info.stride == 1 else {"nearest"})
 
 
 def test_animate_cli(tmp_path):

@@ -8,17 +8,18 @@ import torch
 from shiftlab import audit
 from shiftlab.actions import make_action
 from shiftlab.law import compare, layer_geometries
-from shiftlab.models import create_model, list_models
+from shiftlab.models import create_model, example_shape, list_models
 from shiftlab.probe import Probe, infer_layers
 from shiftlab.shifts import ShiftSet
 
 SHIFTS = {2: "0,0;0,2;2,-1;-4,4", 1: "0;2;-1;4"}
 
 
-def _example(model) -> torch.Tensor:
-    """A small batch the model runs on (zoo models take 1-channel images or signals of
-    these sizes)."""
-    for shape in [(1, s, s) for s in (28, 29, 32)] + [(1, 40, 81), (1, 64)]:
+def _example(name, model) -> torch.Tensor:
+    """A small batch the model runs on: its declared example shape (the 3-channel
+    ResNets: 3x32x32), else the first of the zoo's usual 1-channel sizes that fits."""
+    declared = example_shape(name)
+    for shape in ([declared] if declared else []) + [(1, s, s) for s in (28, 29, 32)] + [(1, 40, 81), (1, 64)]:
         x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(shape[-1]), dtype=torch.float64)
         try:
             with torch.no_grad():
@@ -33,7 +34,7 @@ def _example(model) -> torch.Tensor:
 @pytest.mark.parametrize("name", list_models())
 def test_zoo_model_through_the_one_law(name, protocol):
     model = create_model(name).double().eval()
-    x = _example(model).double()
+    x = _example(name, model).double()
     rank = x.ndim - 2
     result = audit(model, x, protocol=protocol, shifts=SHIFTS[rank], pairs=0)
     action = make_action(protocol)

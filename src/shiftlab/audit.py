@@ -12,6 +12,11 @@ at most ``batch_size`` rows:
 Memory is bounded by the batch size, not the dataset: nothing but metric state outlives
 a batch. Random pairs are a pure function of (seed, image index), so the numbers do not
 depend on how the data is batched. The options travel as one :class:`AuditConfig`.
+
+The engine follows the model's device; ``amp`` runs the forward passes under autocast and
+compares the maps in float32, with the "exact" tolerance of the 16-bit compute dtype.
+Inside an initialised ``torch.distributed`` process group each rank audits an exact shard
+and the metric states are merged in rank order (:mod:`shiftlab.distributed`).
 """
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .actions import ShiftAction, make_action, spatial_rank
+from .data.preprocess import normalization, normalization_record, normalize
+from .device import AMP, autocast, check_amp, device_name, ieee_float32
 from .shapes import check_model_fits
 from .errors import ShiftlabError, check_seed
 from .law import Alignment, LayerGeometry, alignments, compare, layer_geometries
@@ -37,8 +45,12 @@ from .shifts import ShiftSet
 
 __all__ = ["audit", "AuditConfig", "iter_batches", "pair_shifts", "TOLERANCE", "MAX_PAIRS"]
 
-#: Relative errors below this count as exact (float rounding only).
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+#: Relative errors below this count as exact (float rounding only), by the dtype the layers
+#: compute in: 1e-5 for float32, 1e-10 for float64, and ten units of rounding (10·eps) for
+#: the 16-bit dtypes of ``amp``: 9.8e-3 for float16, 7.8e-2 for bfloat16.
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10,
+             torch.float16: 10 * torch.finfo(torch.float16).eps,
+             torch.bfloat16: 10 * torch.finfo(torch.bfloat16).eps}
 
 #: Most random pairs per image (each pair costs two forward passes per image).
 MAX_PAIRS = 10_000
@@ -69,6 +81,12 @@ class AuditConfig:
     sensitivity_layer: str = OUTPUT  # the layer of the translation-sensitivity map
     name: str | None = None          # the model's name in the result
     progress: bool = False           # show a progress bar
+    normalize: object = None         # (mean, std) per channel, "imagenet" or "M,..;S,..":
+                                     # (x - mean) / std applied to every input after the
+                                     # shift, before the forward; None: none
+    amp: str | None = None           # autocast the forward passes: "bf16" | "fp16"; None: off
+    shard: bool = True               # in a torch.distributed group: audit this rank's shard and
+                                     # merge (every rank must call); False: all data, alone
 
     def check(self) -> "AuditConfig":
         """One-line errors for options that cannot work, before any model runs."""
@@ -83,8 +101,10 @@ class AuditConfig:
         if not math.isfinite(self.fill):
             raise ShiftlabError(f"the canvas fill must be a finite number, got {self.fill}")
         check_seed(self.seed)
+        if self.amp is not None and self.amp not in AMP:
+            raise ShiftlabError(f"unknown amp {self.amp!r}; use one of {', '.join(AMP)} (or None)")
         self.action()
-        return self
+        return dataclasses.replace(self, normalize=normalization(self.normalize))
 
     def action(self) -> ShiftAction:
         return make_action(self.protocol, fill=self.fill, crop=self.crop,
@@ -129,8 +149,49 @@ def iter_batches(data, size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         raise ShiftlabError(f"cannot read inputs from a {type(data).__name__}; pass a tensor, "
                             "an (inputs, labels) pair or a DataLoader")
     for item in data:
-        x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-        yield from iter_batches((x, y), size)
+        yield from iter_batches(_pair(item), size)
+
+
+def _pair(item) -> tuple:
+    """One item of an iterable of batches as ``(inputs, labels or None)``."""
+    return (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+
+
+def shard_batches(data, size: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+    """Rank ``rank`` of ``world``'s batches of :func:`iter_batches`, each as ``(index of its
+    first sample in the whole data, inputs, labels or None)``: an exact shard, no padding,
+    no duplicates (the rules are in :mod:`shiftlab.distributed`). One process gets every
+    batch."""
+    if isinstance(data, Tensor):
+        data = (data, None)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        x, y = _check_batch(*data)                               # the whole data, as one process
+        run = distributed.block(-(-len(x) // size), rank, world)
+        lo, hi = run.start * size, min(run.stop * size, len(x))
+        for i in range(lo, hi, size):
+            yield i, x[i:i + size], (None if y is None else y[i:i + size])
+        return
+    shard = distributed.loader_shard(data, rank, world)
+    if shard is not None:                                        # a DataLoader read in order
+        loader, first, per = shard
+        for b, item in enumerate(loader):
+            start = first + b * per
+            for x, y in iter_batches(_pair(item), size):
+                yield start, x, y
+                start += len(x)
+        return
+    if not isinstance(data, Iterable):
+        raise ShiftlabError(f"cannot read inputs from a {type(data).__name__}; pass a tensor, "
+                            "an (inputs, labels) pair or a DataLoader")
+    start = 0
+    for b, item in enumerate(data):                              # any iterable: strided
+        x, y = _pair(item)
+        if b % world == rank:
+            for xb, yb in iter_batches((x, y), size):
+                yield start, xb, yb
+                start += len(xb)
+        else:
+            start += len(x) if isinstance(x, Tensor) and x.ndim else 0
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -260,13 +321,15 @@ class _FastNorms:
 class _Engine:
     """Holds the metric state of one audit; :meth:`process` folds in one batch."""
 
-    def __init__(self, model: nn.Module, config: AuditConfig, names: list[str]):
-        self.model, self.config, self.names = model, config, names
+    def __init__(self, model: nn.Module, config: AuditConfig, names: list[str],
+                 amp: torch.dtype | None = None):
+        self.model, self.config, self.names, self.amp = model, config, names, amp
         self.action = config.action()
         self.layers: list[_Layer] = []
         self.stability = self.consistency = None
         self.n_images = self.forwards = self.clean_hits = self.clean_labelled = 0
         self.sample_shape: tuple[int, ...] | None = None
+        self.data_records: list[dict] = []    # what the data said about itself (folder streams)
         self.probe: Probe | None = None
 
     # --- first batch: validate and learn the model's layers ----------------------------
@@ -329,6 +392,52 @@ class _Engine:
     def close(self) -> None:
         if self.probe is not None:
             self.probe.__exit__(None, None, None)
+            self.probe = None
+
+    # --- shards: sent to the other ranks, merged in rank order ---------------------------
+    def __getstate__(self) -> dict:
+        """What another rank needs to merge this shard: no model, no hooks, no caches."""
+        state = dict(self.__dict__, model=None, probe=None)
+        state["layers"] = [dataclasses.replace(l, aligned={}) for l in self.layers]
+        return state
+
+    def merge(self, other: "_Engine") -> None:
+        """Fold in the metric state of another shard of the same audit (a no-op if it saw
+        no data); both were set up by the same model on the same data."""
+        if other.sample_shape is None:
+            return
+        if other.sample_shape != self.sample_shape:
+            raise ShiftlabError(f"all inputs must have one shape; got {other.sample_shape} "
+                                f"after {self.sample_shape}")
+        if [l.info.name for l in other.layers] != [l.info.name for l in self.layers]:
+            raise ShiftlabError("the processes probed different layers; give every rank the same model")
+        for mine, theirs in zip(self.layers, other.layers):
+            if mine.metric is not None:
+                mine.metric.merge(theirs.metric)
+        for name in ("sensitivity", "stability", "consistency"):
+            if getattr(self, name) is not None:
+                getattr(self, name).merge(getattr(other, name))
+        for name in ("n_images", "forwards", "clean_hits", "clean_labelled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.data_records = self.data_records + other.data_records
+
+    def data_record(self) -> dict | None:
+        """Where the data came from (a folder stream's record, merged over shards)."""
+        from .data.folder import merge_records
+        return merge_records(self.data_records)
+
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
+        """The probed maps of the (shifted) inputs ``x``, normalised first when configured
+        (under autocast with ``amp``), as the law compares them: 16-bit maps in float32, and
+        on the CPU when the device has no float64 (MPS)."""
+        norm = self.config.normalize
+        with autocast(x.device, self.amp):
+            feats = self.probe(x if norm is None else normalize(x, norm))
+        if self.amp is None and x.device.type != "mps":
+            return feats
+        low = (torch.float16, torch.bfloat16)
+        return {k: v.to(device="cpu" if v.device.type == "mps" else v.device,
+                        dtype=torch.float32 if v.dtype in low else v.dtype) for k, v in feats.items()}
 
     # --- one batch ---------------------------------------------------------------------
     def _update_layers(self, feats: dict[str, Tensor], ref: dict[str, Tensor],
@@ -351,7 +460,10 @@ class _Engine:
                     d2, r2 = masked_sq_norms(out.flatten(1), ref[name][images].flatten(1))
                 self.sensitivity.update(gidx, d2, r2)
 
-    def process(self, x: Tensor, y: Tensor | None) -> None:
+    def process(self, x: Tensor, y: Tensor | None, start: int | None = None) -> None:
+        """Fold in a batch whose first sample has index ``start`` in the whole data (this
+        engine's image count when None): the index keys the random pairs."""
+        start = self.n_images if start is None else start
         if self.sample_shape is None:
             self.setup(x)
         elif tuple(x.shape[1:]) != self.sample_shape:
@@ -371,7 +483,7 @@ class _Engine:
         row_grid = order.repeat_interleave(n)
         n_grid_rows = len(row_shift)
         if cfg.pairs and self.classifier:
-            ps = pair_shifts(cfg.seed, self.n_images, n, cfg.pairs, self.pair_rule.low,
+            ps = pair_shifts(cfg.seed, start, n, cfg.pairs, self.pair_rule.low,
                              self.pair_rule.high, integer=self.action.integer, rank=rank)
             row_shift = torch.cat([row_shift, ps.reshape(-1, rank)])
             row_grid = torch.cat([row_grid, torch.full((2 * cfg.pairs * n,), -1)])
@@ -379,7 +491,7 @@ class _Engine:
         row_shift_arg = row_shift.to(torch.int64) if self.action.integer else row_shift
 
         with torch.inference_mode():
-            ref = self.probe(self.action.reference(x))
+            ref = self._forward(self.action.reference(x))
             self.forwards += n
             norms = {l.info.name: _FastNorms(ref[l.info.name], self.action.circular and l.geometry.rolls)
                      for l in self.layers if l.comparison == "equivariance"}
@@ -393,7 +505,7 @@ class _Engine:
             for lo in range(0, len(row_shift), cfg.batch_size):
                 hi = min(lo + cfg.batch_size, len(row_shift))
                 img = row_img[lo:hi]
-                feats = self.probe(self.action(x[img.to(x.device)], row_shift_arg[lo:hi].to(x.device)))
+                feats = self._forward(self.action(x[img.to(x.device)], row_shift_arg[lo:hi].to(x.device)))
                 self.forwards += hi - lo
                 n_on_grid = max(0, min(hi, n_grid_rows) - lo)   # grid rows come first
                 # grid rows are shift-major: split them into runs of one shift, each a
@@ -481,19 +593,29 @@ class _Engine:
             sens["map"], sens["radius"], sens["radial"]
         return inv
 
-    def provenance(self, dtype: torch.dtype) -> Provenance:
+    def result(self, dtype: torch.dtype, device: torch.device, processes: int,
+               seconds: float = 0.0) -> AuditResult:
+        return AuditResult(self.provenance(dtype, device, processes), self.shifts.tolist(),
+                           list(self.grid.shape) if self.grid.shape else None,
+                           self.layer_results(), self.invariance(), seconds=round(seconds, 3),
+                           forwards=self.forwards)
+
+    def provenance(self, dtype: torch.dtype, device: torch.device, processes: int) -> Provenance:
         cfg, settings = self.config, self.action.settings()
         paired = self.consistency is not None and cfg.pairs > 0
+        compute = self.amp or dtype
         return Provenance(
             model=cfg.name or type(self.model).__name__, protocol=self.action.name,
             shifts=self.grid.spec, n_images=self.n_images, seed=cfg.seed,
             input_shape=self.input_shape, dtype=str(dtype).replace("torch.", ""),
-            tolerance=TOLERANCE.get(dtype, 1e-5), margin=cfg.margin,
+            tolerance=TOLERANCE.get(compute, 1e-5), margin=cfg.margin,
             fill=settings.get("fill"), crop=settings.get("crop"),
             pairs_per_image=cfg.pairs if self.consistency is not None else 0,
             pair_range=self.pair_rule.as_list() if paired else None,
             pair_offsets=self.pair_rule.words if paired else None,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, device=device_name(device), amp=cfg.amp,
+            compute_dtype=str(compute).replace("torch.", ""), processes=processes,
+            normalize=normalization_record(cfg.normalize), data=self.data_record(),
             versions={"shiftlab": _version(), "torch": torch.__version__,
                       "python": platform.python_version()})
 
@@ -503,16 +625,72 @@ def audit(model: nn.Module, data, config: AuditConfig | None = None, **options) 
 
     Args:
         model: any ``nn.Module`` taking ``N×C×T`` signals or ``N×C×H×W`` images (in
-            ``eval()`` during the audit).
-        data: an input tensor, an ``(inputs, labels)`` pair, or an iterable of either.
+            ``eval()`` during the audit), on any device: the batches follow it.
+        data: an input tensor, an ``(inputs, labels)`` pair, or an iterable of either
+            (a DataLoader).
         config: an :class:`AuditConfig`; keyword ``options`` override its fields
-            (``protocol="canvas"``, ``shifts="-4:4"``, ``pairs=5``, ``crop=(28, 28)``, …).
+            (``protocol="canvas"``, ``shifts="-4:4"``, ``pairs=5``, ``amp="bf16"``, …).
+
+    Inside an initialised ``torch.distributed`` process group, call it on every rank with
+    the same arguments: each rank audits an exact shard of ``data`` and every rank returns
+    the merged result, equal to one process's (see :mod:`shiftlab.distributed`). If any
+    rank fails, every rank raises. ``shard=False`` audits all of ``data`` in this process
+    alone (e.g. on rank 0 only of a training job).
 
     Returns:
         An :class:`~shiftlab.result.AuditResult`; ``result.table()`` prints it,
         ``result.to_json(path)`` saves it.
     """
-    config = dataclasses.replace(config or AuditConfig(), **options).check()
+    start = time.perf_counter()
+    config = dataclasses.replace(config or AuditConfig(), **options)
+    group = distributed.current() if config.shard else None
+    rank, world = (group.rank, group.size) if group else (0, 1)
+    try:
+        config = config.check()
+        engine, dtype, device = _audit_shard(model, data, config, rank, world)
+    except Exception as err:
+        if group is None:
+            raise
+        group.exchange(error=err)              # tell the others; raises err
+        raise
+    if group is not None:
+        sent = group.exchange((engine, _fingerprint(model) if world > 1 else None))
+        if len({digest for _, digest in sent}) > 1:
+            raise group.fail("the processes hold different models (their weights differ); load "
+                             "the same weights on every rank (--weights) or seed the model's "
+                             "construction")
+        try:
+            engine = _merge_shards([e for e, _ in sent])      # every rank's engine, in rank order
+        except ShiftlabError as err:
+            raise group.fail(str(err)) from None
+        engine.model = model
+    if engine.n_images == 0:
+        message = "no inputs to audit: the data is empty"
+        raise group.fail(message) if group else ShiftlabError(message)
+    return engine.result(dtype, device, world, seconds=time.perf_counter() - start)
+
+
+def _merge_shards(shards: list[_Engine]) -> _Engine:
+    """The shards' engines merged in rank order into the first that saw data: integer
+    counts add exactly, float64 sums add, maxima take the larger."""
+    first = next((k for k, e in enumerate(shards) if e.sample_shape is not None), 0)
+    engine = shards[first]
+    for other in shards[first + 1:]:
+        engine.merge(other)
+    return engine
+
+
+def _fingerprint(model: nn.Module) -> str | None:
+    """SHA-256 of the model's parameters and buffers (None if its state is not plain tensors)."""
+    from .io import digest
+    try:
+        return digest(dict(model.state_dict()))
+    except TypeError:
+        return None
+
+
+def _audit_shard(model: nn.Module, data, config: AuditConfig, rank: int, world: int):
+    """Run this rank's shard of the audit; return its engine, the model's dtype and device."""
     from tqdm.auto import tqdm
 
     names = resolve_layers(model, config.layers)
@@ -521,26 +699,29 @@ def audit(model: nn.Module, data, config: AuditConfig | None = None, **options) 
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
-    engine = _Engine(model, config, names)
+    engine = _Engine(model, config, names, amp=check_amp(config.amp, device, dtype))
     total = len(data) if isinstance(data, Tensor) else \
         len(data[0]) if isinstance(data, tuple) and isinstance(data[0], Tensor) else None
+    if total is not None and world > 1:
+        run = distributed.block(-(-total // config.batch_size), rank, world)
+        total = min(run.stop * config.batch_size, total) - run.start * config.batch_size
+    stream = data.shard(rank, world) if callable(getattr(data, "indexed", None)) else None
+    batches = stream.indexed() if stream is not None else \
+        shard_batches(data, config.batch_size, rank, world)
     was_training = model.training
     model.eval()
-    start = time.perf_counter()
     try:
-        with tqdm(total=total, unit="img", desc="audit", disable=not config.progress, leave=False) as bar:
-            for x, y in iter_batches(data, config.batch_size):
-                engine.process(x.to(device=device, dtype=dtype), y)
+        with tqdm(total=total, unit="img", desc="audit", leave=False,
+                  disable=not config.progress or rank != 0) as bar, ieee_float32(device):
+            for first, x, y in batches:
+                engine.process(x.to(device=device, dtype=dtype), y, first)
                 bar.update(len(x))
     finally:
         engine.close()
         model.train(was_training)
-    if engine.n_images == 0:
-        raise ShiftlabError("no inputs to audit: the data is empty")
-    return AuditResult(engine.provenance(dtype), engine.shifts.tolist(),
-                       list(engine.grid.shape) if engine.grid.shape else None,
-                       engine.layer_results(), engine.invariance(),
-                       seconds=round(time.perf_counter() - start, 3), forwards=engine.forwards)
+    source = stream if stream is not None else data              # what was read, and how
+    engine.data_records = [source.record()] if callable(getattr(source, "record", None)) else []
+    return engine, dtype, device
 
 
 def _version() -> str:

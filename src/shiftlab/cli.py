@@ -28,7 +28,11 @@ EXAMPLES = {
     "audit": """examples:
   shiftlab audit --model conv-maxpool --data synthetic:256 --protocol circular --out out/maxpool.json
   shiftlab audit --model my_net.py:build --weights net.pt --data digits.npz --protocol canvas --margin 2
-  shiftlab audit --model lenet-wolf --data synthetic:64 --protocol fractional --shifts=-1:1:0.25""",
+  shiftlab audit --model lenet-wolf --data synthetic:64 --protocol fractional --shifts=-1:1:0.25
+  shiftlab audit --model my_resnet.py:build --data folder:val --resize 256 --center-crop 256x256 \
+                 --protocol crop --crop 224x224 --shifts=0:0 --normalize imagenet --workers 4
+  shiftlab audit --model lenet-wolf --data mnist --device cuda --amp bf16 --out out/gpu.json
+  torchrun --standalone --nproc-per-node 2 -m shiftlab audit --model lenet-wolf --data mnist --out out/2proc.json""",
     "train": """examples:
   shiftlab train --model lenet-wolf --data mnist --epochs 3 --out out/lenet-wolf
   shiftlab train --model lenet-wolf --data mnist --canvas 38 --augment shift:5 --out out/aug
@@ -46,6 +50,10 @@ EXAMPLES = {
   shiftlab convert --model lenet-wolf-maxpool --weights out/maxpool/model.safetensors --method blurpool --out out/blur.safetensors
   shiftlab convert --model resnet-small --method aps --input 1x32x32 --out out/resnet-aps.safetensors""",
 }
+
+
+PRETRAINED_HELP = ("load pretrained weights: torchvision:/timm: models get their library's "
+                   "(downloaded by it), zoo models shiftlab's shipped ones (weights/NAME)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,9 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=EXAMPLES.get(name),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    def device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+        p.add_argument("--device", default=default, metavar="DEVICE",
+                       help=f"auto, cpu, cuda, cuda:N or mps (default {default}; auto: CUDA if "
+                            "available, else MPS, else the CPU; under torchrun, cuda is the "
+                            "GPU of the process's LOCAL_RANK)")
+
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+        p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
+                                                       "torchvision:NAME or timm:NAME (if installed)")
         p.add_argument("--weights", help="checkpoint to load (.pt state dict or .safetensors)")
+        p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
         p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
 
     p = command("audit", "Audit a model's per-layer shift-equivariance and output stability.")
@@ -131,11 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop consistency windows: offsets in [0, D) as Zhang 2019 "
                         "(default) or [0, D]")
     p.add_argument("--sensitivity-layer", default="output", help="layer for the sensitivity map")
+    p.add_argument("--resize", type=_positive, metavar="S",
+                   help="folder images: resize the shorter side to S (antialiased; Pillow, as "
+                        "torchvision's Resize)")
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="the --resize filter (default bilinear, torchvision's; timm uses bicubic)")
+    p.add_argument("--center-crop", type=_size, metavar="HxW",
+                   help="folder images: the centred HxW window (after --resize), e.g. 256x256")
+    p.add_argument("--normalize", metavar="NAME|MEAN,..;STD,..",
+                   help="(x - mean) / std per channel after each shift, before the forward: "
+                        "imagenet or e.g. '0.5,0.5,0.5;0.25,0.25,0.25'")
+    p.add_argument("--workers", type=_int_in(0), default=0,
+                   help="processes decoding folder images (default 0: this one)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable folder images and count them in the JSON (default: stop)")
     p.add_argument("--limit", type=_positive, help="audit only the first N images")
     p.add_argument("--batch-size", type=int, default=256, help="most images in one forward pass")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="out/audit.json", help="where to write the JSON result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_arg(p)
+    p.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="run the forward passes under autocast in bfloat16 or float16 (the "
+                        "'exact' tolerance follows: 10 eps of that dtype)")
 
     command("models", "List the models of the zoo.")
 
@@ -163,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_arg(p, "cpu")              # seeded training stays bitwise reproducible by default
 
     p = command("fetch-mnist", "Set up real MNIST once (download, verify, store); offline after.")
     p.add_argument("--dest", default="data", help="folder for mnist.npz (default ./data)")
@@ -173,10 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="folder for the JSON and figures (default out)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
+    device_arg(p, "cpu")
 
     p = command("convert", "Make a model anti-aliased (blurpool), APS-sampled or circular; write its weights.")
-    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`) or path.py:factory")
+    p.add_argument("--model", required=True, help="a zoo name (see `shiftlab models`), path.py:factory, "
+                                                   "torchvision:NAME or timm:NAME (if installed)")
     p.add_argument("--weights", help="checkpoint of the unconverted model (.pt state dict or .safetensors)")
+    p.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
     p.add_argument("--method", required=True, help="blurpool, aps or circular")
     p.add_argument("--filter-size", type=int, help="binomial filter size 1..7 (default 3 for blurpool, "
                                                    "no pre-blur for aps)")
@@ -197,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive, default=8, help="frames per second (default 8, at most 50)")
     p.add_argument("--seed", type=_seed, default=0, help="k-means seed (default 0)")
     p.add_argument("--out", required=True, help="the GIF to write")
+    device_arg(p)
 
     p = command("report", "Write the self-contained HTML report of a results folder.")
     p.add_argument("results", help="results folder (audit-*.json, models/*/train.json, animation-*.gif, "
@@ -231,12 +270,42 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def _load_model(args, input_size: int | None = None):
-    """``--model`` with ``--weights``, in ``--dtype`` (commands without it keep the weights' dtype)."""
-    from .loading import load_model, load_weights
-    model = load_model(args.model, input_size)
-    if args.weights:
-        load_weights(model, args.weights)
+def _shipped_weights(name: str, input_size: int | None) -> Path:
+    """``--pretrained`` for a zoo model: its shipped weights file, or one line saying why not."""
+    from .models import builder_accepts, create_model, list_models
+    from .models.pretrained import PRETRAINED, WEIGHTS_FILE, pretrained_folder
+    if name.replace("_", "-") not in list_models():
+        create_model(name)                            # the registry's "unknown model" line
+    shipped = [n for n, p in PRETRAINED.items() if p.model == n]
+    entry = PRETRAINED.get(name.replace("_", "-"))
+    if entry is None or entry.model != entry.name:
+        hint = (f"a state dict saved from torchvision.models.{name}() loads with --weights FILE, "
+                f"or use --model torchvision:{name} --pretrained where torchvision is installed"
+                if name in ("resnet18", "resnet50") else "give --weights FILE (e.g. from shiftlab train)")
+        raise ShiftlabError(f"{name} has no shipped weights (shiftlab ships MNIST weights for "
+                            f"{', '.join(shipped)}); {hint}")
+    if input_size is not None and input_size != entry.input_size and builder_accepts(name, "input_size"):
+        raise ShiftlabError(f"the shipped {name} weights fit {entry.input_size}x{entry.input_size} "
+                            f"inputs, not {input_size}x{input_size} (its head is sized from the input)")
+    return pretrained_folder(entry.name) / WEIGHTS_FILE
+
+
+def _load_model(args, input_size: int | None = None, in_channels: int | None = None):
+    """``--model`` with ``--weights`` or ``--pretrained``, in ``--dtype`` (commands without it
+    keep the weights' dtype); zoo models sized for ``input_size`` and ``in_channels``."""
+    from .loading import library_spec, load_model, load_weights
+    pretrained, weights = getattr(args, "pretrained", False), args.weights
+    if pretrained and weights:
+        raise ShiftlabError("give --pretrained or --weights, not both")
+    if pretrained and library_spec(args.model) is None:
+        if ":" in args.model or args.model.endswith(".py"):
+            raise ShiftlabError(f"--pretrained takes a zoo name, torchvision:NAME or timm:NAME; "
+                                f"load weights into {args.model} with --weights FILE")
+        weights = _shipped_weights(args.model, input_size)
+    model = load_model(args.model, input_size, pretrained=pretrained and not weights,
+                       in_channels=in_channels)
+    if weights:
+        load_weights(model, weights)
     return model.to(_dtype(args.dtype)) if getattr(args, "dtype", None) else model
 
 
@@ -246,20 +315,85 @@ def cmd_audit(args) -> None:
         raise ShiftlabError(f"--crop needs HxW (images) or T (signals), got "
                             f"{'x'.join(map(str, args.crop))}")
     _layer_names(args.layers)
-    from .audit import AuditConfig, audit
-    from .data import load_data
+    from .audit import AuditConfig
     config = AuditConfig(
         protocol=args.protocol, shifts=args.shifts, layers=args.layers, pairs=args.pairs,
         pair_range=args.pair_range, margin=args.margin, fill=args.fill, crop=args.crop,
         crop_offsets=args.crop_offsets, batch_size=args.batch_size, seed=args.seed,
-        sensitivity_layer=args.sensitivity_layer, name=args.model,
-        progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
+        sensitivity_layer=args.sensitivity_layer, name=args.model, normalize=args.normalize,
+        amp=args.amp, progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
+    from . import distributed
+    from .device import check_amp
+    # under torchrun: join the group; rank 0 alone prints and writes (see shiftlab.distributed)
+    with distributed.from_env(args.device) as (group, device), warnings.catch_warnings():
+        if group is not None and group.rank != 0:
+            warnings.simplefilter("ignore")
+        check_amp(args.amp, device, _dtype(args.dtype))
+        with distributed.stage(group):            # a failure here is told to the other ranks
+            result = _audit_here(args, config, device)
+        with distributed.stage(group):
+            if group is None or group.rank == 0:
+                print(result.table())
+                path = result.to_json(args.out)
+                print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")
+            if group is not None:
+                group.exchange()                  # every rank learns whether rank 0 wrote it
+
+
+def _audit_here(args, config, device):
+    """Load ``--data`` and ``--model`` (on ``device``) and audit them (this rank's shard)."""
+    import torch
+    from .audit import audit
+    from .data.preprocess import check_channels
+    data, shape = (_folder_stream(args) if args.data.startswith("folder:")
+                   else _data_in_memory(args))
+    if args.crop is not None and len(args.crop) != len(shape) - 1:
+        raise ShiftlabError(f"--crop {'x'.join(map(str, args.crop))} does not fit "
+                            + ("images: give HxW" if len(shape) == 3 else "signals: give one length T"))
+    check_channels(config.normalize, shape[0], f"--data {args.data} has")
+    torch.manual_seed(args.seed)                  # the same initial weights on every rank
+    model = _load_model(args, input_size=args.crop[0] if args.crop else shape[-1],
+                        in_channels=shape[0]).to(device)
+    return audit(model, data, config)
+
+
+def _folder_stream(args):
+    """``--data folder:DIR`` as a lazy stream with the preprocessing options, checked before
+    any image is decoded; returns ``(stream, (C, H, W))``."""
+    from .data import Preprocess, stream_image_folder
+    center = args.center_crop
+    if center is not None and len(center) not in (1, 2):
+        raise ShiftlabError(f"--center-crop needs HxW (or one size S for SxS), got "
+                            f"{'x'.join(map(str, center))}")
+    if args.resize is not None and args.crop is not None and args.protocol == "crop" \
+            and max(args.crop) > args.resize:
+        raise ShiftlabError(f"--resize {args.resize} is smaller than the --crop "
+                            f"{'x'.join(map(str, args.crop))} window; resize to at least "
+                            f"{max(args.crop)}")
+    if args.interpolation != "bilinear" and args.resize is None:
+        raise ShiftlabError(f"--interpolation {args.interpolation} is the filter of --resize; "
+                            "give --resize S too, or leave it out")
+    preprocess = Preprocess(resize=args.resize, interpolation=args.interpolation,
+                            center_crop=None if center is None else (center[0], center[-1]),
+                            canvas=args.canvas)
+    stream = stream_image_folder(args.data.removeprefix("folder:"), preprocess,
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 skip_bad=args.skip_bad, limit=args.limit)
+    return stream, stream.sample_shape
+
+
+def _data_in_memory(args):
+    """Every other ``--data``, loaded whole (capped); returns ``((inputs, labels), shape)``."""
+    folder_only = [f"--{name.replace('_', '-')}" for name in ("resize", "center_crop", "skip_bad")
+                   if getattr(args, name)] + (["--workers"] if args.workers else []) \
+        + (["--interpolation"] if args.interpolation != "bilinear" else [])
+    if folder_only:
+        raise ShiftlabError(f"{', '.join(folder_only)} read{'s' if len(folder_only) == 1 else ''} "
+                            f"image folders (--data folder:DIR); {args.data} is loaded whole")
+    from .data import load_data
     x, y = load_data(args.data, split="test", seed=args.seed)
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
-    if args.crop is not None and len(args.crop) != x.ndim - 2:
-        raise ShiftlabError(f"--crop {'x'.join(map(str, args.crop))} does not fit "
-                            + ("images: give HxW" if x.ndim == 4 else "signals: give one length T"))
     if args.canvas is not None and x.ndim == 3:
         raise ShiftlabError("--canvas places images on a larger canvas; the data are 1-D signals "
                             "(pad them in the data instead)")
@@ -270,11 +404,7 @@ def cmd_audit(args) -> None:
             raise ShiftlabError(f"--canvas {args.canvas} is smaller than the {h}x{w} images; "
                                 f"use --canvas {max(h, w)} or more")
         x = place_on_canvas(x, (args.canvas, args.canvas))
-    model = _load_model(args, input_size=args.crop[0] if args.crop else x.shape[-1])
-    result = audit(model, (x, y), config)
-    print(result.table())
-    path = result.to_json(args.out)
-    print(f"\nwrote {path}  ({result.forwards} forwards in {result.seconds:.1f} s)")
+    return (x, y), tuple(x.shape[1:])
 
 
 def cmd_models(args) -> None:
@@ -320,7 +450,8 @@ def cmd_train(args) -> None:
                          canvas=args.canvas, seed=args.seed, limit=args.limit,
                          channels_last=not args.no_channels_last, init=args.init)
     # train() checks everything before any work, creates --out only then and locks it
-    train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    train(config, args.out, resume=args.resume, progress=not args.quiet and sys.stderr.isatty(),
+          device=args.device)
 
 
 def cmd_fetch_mnist(args) -> None:
@@ -345,7 +476,9 @@ def cmd_experiment(args) -> None:
     if args.name not in EXPERIMENTS:
         raise ShiftlabError(f"unknown experiment {args.name!r}; see `shiftlab experiment --list`")
     check_writable(Path(args.out) / f"experiment-{args.name}.json")   # before the work
-    result = run_experiment(args.name, args.out, seed=args.seed, quick=args.quick)
+    from .device import training_device
+    with training_device(args.device):            # the experiment's training runs go there
+        result = run_experiment(args.name, args.out, seed=args.seed, quick=args.quick)
     print(f"\n{result.title}\n\n{result.table()}\n")
     for claim, holds in result.claims.items():
         print(f"  [{'holds' if holds else 'FAILS'}] {claim}")
@@ -418,10 +551,12 @@ def cmd_animate(args) -> None:
     if args.clusters > MAX_CLUSTERS or args.fps > 50:
         raise ShiftlabError(f"--clusters must be at most {MAX_CLUSTERS} and --fps at most 50, got "
                             f"{args.clusters} and {args.fps}")
+    from .device import resolve_device
+    device = resolve_device(args.device)
     x, y = load_data(args.data, split="test", seed=0)
     if not 0 <= args.index < len(x):
         raise ShiftlabError(f"--index must be in [0, {len(x) - 1}] for {args.data}, got {args.index}")
-    model = _load_model(args, input_size=args.canvas)
+    model = _load_model(args, input_size=args.canvas).to(device)
     label = None if y is None else int(y[args.index])
     path, frames = animate(model, x[args.index], args.out, canvas=args.canvas, path=args.path,
                            layers=args.layers, clusters=args.clusters, seed=args.seed, fps=args.fps,
@@ -564,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
                 _import_torch()
             COMMANDS[args.command](args)
     except ShiftlabError as err:
-        print(f"{getattr(err, 'prog', prog)}: error: {printable(str(err))}", file=sys.stderr)
+        if not getattr(err, "quiet", False):          # quiet: another rank of torchrun says it
+            print(f"{getattr(err, 'prog', prog)}: error: {printable(str(err))}", file=sys.stderr)
         return 2
     except BaseException as err:
         if not _interrupted(err):

@@ -178,7 +178,7 @@ def expected(action: ShiftAction, ref: Tensor, alignment: Alignment) -> tuple[Te
     if alignment.kind == "invariance":
         return ref, None
     if alignment.blocks is None:                          # Fourier shift of the whole map
-        shift = torch.tensor(alignment.feature_shift, dtype=_F64).expand(len(ref), -1)
+        shift = torch.tensor(alignment.feature_shift, dtype=_F64, device=ref.device).expand(len(ref), -1)
         return action.on_features(ref, shift), None
     moved = torch.zeros_like(ref)
     mask = torch.zeros((len(ref),) + tuple(ref.shape[2:]), dtype=torch.bool, device=ref.device)

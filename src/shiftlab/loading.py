@@ -1,6 +1,8 @@
-"""Models and weights from the command line: a registered name or ``path.py:factory``."""
+"""Models and weights from the command line: a registered name, ``path.py:factory``, or
+``torchvision:NAME`` / ``timm:NAME`` (those libraries are imported only then)."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import warnings
@@ -36,17 +38,100 @@ def _call(what: str, fn):
         raise ShiftlabError(f"{what} raised {one_line(err)}") from None
 
 
-def load_model(spec: str, input_size: int | None = None) -> nn.Module:
-    """Build a model from a registry name, or from ``file.py:factory`` (called with no
-    arguments, it must return an ``nn.Module``). Zoo models whose head depends on the
-    image size get ``input_size``.
+#: ``--model LIBRARY:NAME``: the libraries shiftlab builds models from when they are
+#: installed, and how to install each (torchvision's wheel must match the installed torch).
+LIBRARIES = {
+    "torchvision": "pip install torchvision (the build matching your torch {torch}; for a "
+                   "CPU-only torch: pip install torchvision --index-url "
+                   "https://download.pytorch.org/whl/cpu)",
+    "timm": "pip install timm (it also needs torchvision, the build matching your torch {torch})",
+}
+
+
+def library_spec(spec: str) -> tuple[str, str] | None:
+    """``("torchvision", "resnet50")`` for ``"torchvision:resnet50"`` (also ``timm:``),
+    ``None`` for a zoo name or a model file."""
+    library, colon, name = spec.partition(":")
+    return (library, name) if colon and library in LIBRARIES else None
+
+
+def _import_library(library: str, spec: str):
+    """``torchvision.models`` or ``timm``, or a one-line error saying how to install it."""
+    install = LIBRARIES[library].format(torch=torch.__version__)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module("torchvision.models" if library == "torchvision" else library)
+    except KeyboardInterrupt:
+        raise
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] == library:
+            raise ShiftlabError(f"--model {spec} needs {library}, which is not installed: "
+                                f"{install}") from None
+        raise ShiftlabError(f"{library} is installed but cannot be imported ({one_line(err)}): "
+                            f"{install}") from None
+    except Exception as err:              # e.g. a torchvision built for another torch
+        raise ShiftlabError(f"{library} is installed but cannot be imported ({one_line(err)}); "
+                            f"reinstall it: {install}") from None
+
+
+def library_model(library: str, name: str, pretrained: bool = False) -> nn.Module:
+    """A model built by an installed library: ``torchvision.models.get_model(name,
+    weights="DEFAULT" or None)`` or ``timm.create_model(name, pretrained=...)``.
+    Pretrained weights are fetched (and cached) by the library itself."""
+    spec = f"{library}:{name}"
+    if library not in LIBRARIES:
+        raise ShiftlabError(f"unknown model library {library!r}; choose one of {', '.join(LIBRARIES)}")
+    if not name.strip():
+        raise ShiftlabError(f"--model {spec} names no model; give {library}:NAME, e.g. "
+                            f"{library}:resnet50")
+    module = _import_library(library, spec)
+    if library == "torchvision":
+        build = getattr(module, "get_model", None)
+        if not callable(build):
+            raise ShiftlabError("this torchvision has no models.get_model (added in torchvision "
+                                "0.14); upgrade it: pip install -U torchvision")
+        weights = "DEFAULT" if pretrained else None
+        model = _call(f"torchvision.models.get_model({name!r}, weights={weights!r})",
+                      lambda: build(name, weights=weights))
+    else:
+        build = getattr(module, "create_model", None)
+        if not callable(build):
+            raise ShiftlabError("this timm has no create_model; upgrade it: pip install -U timm")
+        model = _call(f"timm.create_model({name!r}, pretrained={pretrained})",
+                      lambda: build(name, pretrained=pretrained))
+    if not isinstance(model, nn.Module):
+        raise ShiftlabError(f"{spec} gave {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_model(spec: str, input_size: int | None = None, *, pretrained: bool = False,
+               in_channels: int | None = None) -> nn.Module:
+    """Build a model from a registry name, from ``file.py:factory`` (called with no
+    arguments, it must return an ``nn.Module``), or from ``torchvision:NAME`` /
+    ``timm:NAME`` (:func:`library_model`; ``pretrained`` asks for the library's weights).
+    Zoo models whose head depends on the image size get ``input_size``, and those that take
+    a channel count get ``in_channels`` (the data's: an RGB folder for ``lenet-wolf``).
 
     Whatever the file does while it is imported or while the factory runs (raise, call
-    ``sys.exit``) is a one-line :class:`ShiftlabError`; only Ctrl-C passes through.
+    ``sys.exit``) is a one-line :class:`ShiftlabError`; only Ctrl-C passes through. The
+    zoo's shipped weights are loaded by :func:`shiftlab.models.pretrained.load_pretrained`
+    (the CLI's ``--pretrained``), not here.
     """
+    library = library_spec(spec)
+    if library is not None:
+        return library_model(*library, pretrained=pretrained)
+    if pretrained:
+        raise ShiftlabError(f"pretrained=True takes torchvision:NAME or timm:NAME, not {spec!r}; "
+                            "load a checkpoint with load_weights (the zoo's shipped weights: "
+                            "shiftlab.models.pretrained.load_pretrained)")
     if ":" not in spec and not spec.endswith(".py"):
-        sized = input_size is not None and builder_accepts(spec, "input_size")
-        return create_model(spec, **({"input_size": input_size} if sized else {}))
+        kwargs = {}
+        if input_size is not None and builder_accepts(spec, "input_size"):
+            kwargs["input_size"] = input_size
+        if in_channels is not None and builder_accepts(spec, "in_channels"):
+            kwargs["in_channels"] = in_channels
+        return create_model(spec, **kwargs)
     file, _, factory = spec.rpartition(":") if ":" in spec else (spec, "", "")
     if not file:
         raise ShiftlabError(f"--model {spec!r} names no file; give a zoo name (see `shiftlab "
@@ -123,18 +208,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _optional_keys(model: nn.Module) -> set[str]:
+    """BatchNorm's ``num_batches_tracked`` counters: older checkpoints (torchvision's
+    original ImageNet files among them) lack them, and torch fills them in."""
+    return {f"{name}.num_batches_tracked" if name else "num_batches_tracked"
+            for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a checkpoint into ``model``; a mismatch names the first offending keys."""
     state = read_state_dict(path)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    optional = _optional_keys(model)
+    missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         parts = [f"{label} {', '.join(keys[:3])}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise ShiftlabError(f"weights in {path} do not match the model: {'; '.join(parts)}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not any(k not in state for k in own))
     return model
 
 

@@ -26,8 +26,8 @@ class Provenance:
     n_images: int
     seed: int
     input_shape: list[int]           # one sample as the model saw it: C, H, W
-    dtype: str
-    tolerance: float                 # errors below this count as exact for this dtype
+    dtype: str                       # the model's weights
+    tolerance: float                 # errors below this count as exact for compute_dtype
     margin: int = 0                  # feature-map positions ignored near borders
     fill: float | None = None        # canvas background
     crop: list[int] | None = None    # crop window h, w
@@ -36,7 +36,15 @@ class Provenance:
     pair_offsets: str | None = None  # how the random pairs were drawn, in words (crop: Zhang's
                                      # [0, D) window offsets or the inclusive [0, D])
     batch_size: int = 0
+    device: str = "cpu"              # where the model ran: cpu, cuda:0, mps (rank 0's)
+    amp: str | None = None           # autocast: bf16 | fp16; None: off
+    compute_dtype: str | None = None # what the layers computed in (amp's dtype, else dtype)
+    processes: int = 1               # torch.distributed ranks that shared the data
     versions: dict[str, str] = field(default_factory=dict)
+    normalize: dict[str, Any] | None = None  # mean, std per channel: (x - mean) / std after the shift
+    data: dict[str, Any] | None = None       # where the inputs came from and how they were
+                                             # prepared (an image folder's files, preprocessing,
+                                             # skipped and ignored files)
 
 
 @dataclass
@@ -216,8 +224,9 @@ class AuditResult:
     def table(self) -> str:
         """A compact, aligned text table of the per-layer errors and the output metrics."""
         p, inv = self.provenance, self.invariance
+        dtype = p.dtype if p.amp is None else f"{p.dtype} (autocast {p.compute_dtype})"
         head = (f"{p.model} · {p.protocol} shifts {p.shifts} ({len(self.shifts)}) · "
-                f"{p.n_images} images · {p.dtype} · seed {p.seed}")
+                f"{p.n_images} images · {dtype} · seed {p.seed}")
         rows = [("layer", "type", "stride", "shape", "err exact", "err other", "verdict")]
         for item in self.layers:
             spatial = item.comparison == "equivariance"

@@ -88,6 +88,7 @@ class TrainRecord:
     test_images: int = 0
     images_per_second: float | None = None
     resumed_from_epoch: int | None = None
+    device: str = "cpu"                 # where it trained: cpu, cuda:0, mps
 
 
 SCHEDULES = ("cosine", "constant")
@@ -135,15 +136,16 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, s
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
              channels_last: bool = False) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+    """Top-1 accuracy of ``model`` (in eval mode) on ``(x, y)``; batches go to the model's device."""
     was = model.training
     model.eval()
     hits = 0
+    device = next((p.device for p in model.parameters()), x.device)
     for lo in range(0, len(x), batch_size):
-        xb = x[lo:lo + batch_size]
+        xb = x[lo:lo + batch_size].to(device)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        hits += int((model(xb).argmax(1) == y[lo:lo + batch_size]).sum())
+        hits += int((model(xb).argmax(1).cpu() == y[lo:lo + batch_size].cpu()).sum())
     model.train(was)
     return hits / len(x)
 
@@ -228,7 +230,7 @@ def weights_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes
     """``tensors`` as a safetensors file, with their SHA-256 in the metadata (see
     :func:`verify_weights`). Tied tensors are copied: safetensors refuses shared storage."""
     from safetensors.torch import save
-    own = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+    own = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     return save(own, metadata={**metadata, DIGEST_KEY: digest(own)})
 
 
@@ -341,10 +343,14 @@ def _load_data(config: TrainConfig, data):
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          data=None, log=print) -> TrainRecord:
+          data=None, log=print, device=None) -> TrainRecord:
     """Train ``config.model`` on ``config.data``; write checkpoints and the record to ``out``.
 
     ``data`` may give ``((x_train, y_train), (x_test, y_test))`` directly (tests do).
+    ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (:mod:`shiftlab.device`;
+    None: :func:`~shiftlab.device.default_training_device`, the CPU unless set); the data stay on the CPU (shuffling and augmentation draw there, so a seed gives the
+    same batches on every device) and each batch moves to the device. Checkpoints resume on
+    any device.
 
     Everything is checked before any work (settings, images, labels against the model's
     outputs, that the model runs on the images); ``out`` is created only then, and held
@@ -354,6 +360,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     from tqdm.auto import tqdm
 
     config.validate()
+    from .device import default_training_device, device_name, resolve_device
+    device = default_training_device() if device is None else resolve_device(device)
     out = Path(out)
     check_writable(out / RECORD)                  # a file in the way, no permission: now
     ckpt_path = out / CHECKPOINT
@@ -384,9 +392,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         log(f"initialised {len(loaded)} tensors from {config.init}"
             + (f"; {len(kept)} newly initialised ({', '.join(kept[:4])})" if kept else ""))
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
+    model = model.to(device=device, memory_format=memory)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    record = TrainRecord(config=asdict(config))
+    record = TrainRecord(config=asdict(config), device=device_name(device))
     with locked_folder(out, who="training run"):
         start_epoch = _resume(ckpt_path, model, optimizer, record, log) if resume else 0
         _fit(model, optimizer, config, record, x, y, start_epoch, memory, ckpt_path, progress, log, tqdm)
@@ -436,10 +444,11 @@ def _fit(model, optimizer, config: TrainConfig, record: TrainRecord, x, y, start
         loss_sum, hits, count, t0 = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(total=len(x), unit="img", desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
+        device = next(model.parameters()).device
         for i, (xb, yb) in enumerate(batches(x, y, config.batch_size, g, shift)):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, epoch * steps_per_epoch + i, total_steps)
-            xb = xb.contiguous(memory_format=memory)
+            xb, yb = xb.to(device).contiguous(memory_format=memory), yb.to(device)
             logits = run_model(model, xb, who=f"model {config.model!r}")
             loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)

@@ -5,7 +5,9 @@
 ``fashion-mnist[:train|test]`` Debian's ``dataset-fashion-mnist`` IDX files
 ``digits[:train|test]``        scikit-learn's 8x8 digits (always present)
 ``idx:DIR[:train|test]``       MNIST-format IDX files (gzipped or raw) in DIR
-``folder:DIR``                 one sub-folder per class, images read with Pillow
+``folder:DIR``                 one sub-folder per class (or images directly in DIR: no
+                               labels), read with Pillow; ``shiftlab audit`` streams it
+                               (:func:`stream_image_folder`), the rest load it in memory
 ``synthetic[:N[:CxHxW]]``      N seeded random smooth images, no labels (``:N:CxT``: signals)
 ``FILE.npz|.npy|.pt``          arrays (see :mod:`shiftlab.data.files`)
 ``signals:FILE``               the same arrays read as 1-D signals ``N×C×T`` (or ``N×T``)
@@ -30,10 +32,12 @@ from torch import Tensor
 from ..errors import ShiftlabError
 from .canvas import centred_position, place_on_canvas, random_positions
 from .files import load_array_file
-from .folder import load_image_folder
+from .folder import (FolderStream, ImageFolderDataset, load_image_folder, scan_image_folder,
+                     stream_image_folder)
 from .idx import load_idx_dir, read_idx
 from .limits import MAX_IMAGE_PIXELS, MAX_VALUES, check_values
 from .mnist import find_mnist, load_mnist
+from .preprocess import IMAGENET, Preprocess, normalization
 from .synthetic import synthetic_images
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -41,7 +45,9 @@ DIGITS_TRAIN = 1500          # the first 1500 of sklearn's 1797 digits train, th
 
 __all__ = ["load_data", "synthetic_images", "place_on_canvas", "random_positions",
            "centred_position", "read_idx", "load_idx_dir", "load_mnist", "find_mnist",
-           "load_image_folder", "load_array_file", "MAX_VALUES", "MAX_IMAGE_PIXELS"]
+           "load_image_folder", "load_array_file", "MAX_VALUES", "MAX_IMAGE_PIXELS",
+           "stream_image_folder", "scan_image_folder", "FolderStream", "ImageFolderDataset",
+           "Preprocess", "IMAGENET", "normalization"]
 
 
 def _uint8_pair(x: np.ndarray, y: np.ndarray, scale: float = 255.0) -> tuple[Tensor, Tensor]:

@@ -5,8 +5,9 @@ height, a zip entry's size) or a spec (``synthetic:N:CxHxW``) promises; a hostil
 file can promise terabytes in a few bytes (a decompression bomb), so shiftlab compares the
 promise with a cap first and then reads at most what was promised.
 
-- ``MAX_VALUES`` = 2**27 (134,217,728) image values in one data set: 512 MiB as float32,
-  three times MNIST's 50,000 training digits (39,200,000 values).
+- ``MAX_VALUES`` = 2**27 (134,217,728) image values in one data set held in memory: 512 MiB
+  as float32, three times MNIST's 50,000 training digits (39,200,000 values). A streamed
+  image folder (:mod:`shiftlab.data.folder`) is not held: the cap bounds one batch of it.
 - ``MAX_IMAGE_PIXELS`` = 4096 x 4096 (16,777,216) pixels in one image of an image folder
   (Pillow's own bomb check starts at 89 megapixels).
 """

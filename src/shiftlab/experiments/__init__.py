@@ -1,8 +1,11 @@
 """The seeds' claims as experiments: ``shiftlab experiment NAME``.
 
-Each experiment is a function ``run(out: Path, *, seed: int = 0, quick: bool = False,
-log=print) -> ExperimentResult`` in its own module; it writes its figures and
-``experiment-NAME.json`` into ``out``. ``quick=True`` shrinks it for the test suite (and
+Each experiment is a module with ``compute`` (the numbers, as plain data, no drawing),
+``draw`` (the figures from that data alone), ``claims`` and ``summarise`` (claims, table,
+summary) and ``run(out: Path, *, seed: int = 0, quick: bool = False, log=print) ->
+ExperimentResult``, which does them in turn and saves the data (:mod:`.base`);
+:func:`run_experiment` writes ``experiment-NAME.json`` beside the figures, :func:`redraw`
+draws the figures again from the saved data. ``quick=True`` shrinks it for the test suite (and
 trains its nets from scratch on a few digits). An experiment that needs trained nets
 (:data:`TRAINS`) uses the shipped weights by default and takes ``retrain=True`` to train
 them again (:mod:`.trained`). Modules are imported only when their experiment runs.
@@ -14,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import ShiftlabError
-from .base import ExperimentResult
+from .base import ExperimentResult, load_data
 
 #: name -> (module, one-line description)
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -38,13 +41,17 @@ TRAINS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _module(name: str):
+    if name not in EXPERIMENTS:
+        raise ShiftlabError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"{__name__}.{EXPERIMENTS[name][0]}")
+
+
 def run_experiment(name: str, out: str | Path, *, seed: int = 0, quick: bool = False,
                    retrain: bool = False, log=print) -> ExperimentResult:
     """Run experiment ``name``, save its JSON (and figures) in ``out``, return the result.
     ``retrain``: train the nets it needs again instead of using the shipped weights."""
-    if name not in EXPERIMENTS:
-        raise ShiftlabError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    module = importlib.import_module(f"{__name__}.{EXPERIMENTS[name][0]}")
+    module = _module(name)
     out = Path(out)
     start = time.perf_counter()
     extra = {"retrain": retrain} if name in TRAINS else {}
@@ -54,4 +61,10 @@ def run_experiment(name: str, out: str | Path, *, seed: int = 0, quick: bool = F
     return result
 
 
-__all__ = ["EXPERIMENTS", "TRAINS", "ExperimentResult", "run_experiment"]
+def redraw(name: str, folder: str | Path) -> list[Path]:
+    """Draw experiment ``name``'s figures again in ``folder`` from the data its run saved
+    there (``experiment-data/NAME.json``), computing nothing; returns the PNGs."""
+    return _module(name).draw(load_data(folder, name), Path(folder))
+
+
+__all__ = ["EXPERIMENTS", "TRAINS", "ExperimentResult", "run_experiment", "redraw"]

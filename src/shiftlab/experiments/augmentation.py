@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ExperimentResult
+from .base import ExperimentResult, save_data, work_folder
+from .trained import describe
 
-__all__ = ["run", "region_means"]
+__all__ = ["region_means", "compute", "draw", "claims", "summarise", "run"]
 
 
 def region_means(offsets: list[int], values: list[float], radius: int) -> tuple[float, float]:
@@ -28,15 +29,16 @@ def region_means(offsets: list[int], values: list[float], radius: int) -> tuple[
     return sum(inside) / len(inside), (sum(outside) / len(outside) if outside else float("nan"))
 
 
-def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
-        log=print) -> ExperimentResult:
-    """lenet-wolf trained with and without shifts in the central region; tested across the canvas."""
+def compute(*, seed: int = 0, quick: bool = False, retrain: bool = False, log=print,
+            out: Path | None = None) -> dict:
+    """lenet-wolf trained with and without shifts in the central region; tested across the
+    canvas. ``out``: where quick runs train and ``retrain`` trains again (a temporary
+    folder when None)."""
     from ..audit import audit
     from ..data import load_data, place_on_canvas
     from ..loading import load_trained
     from ..train import TrainConfig, train
-    from ..viz import new_figure, save_figure
-    from .trained import describe, experiment_model
+    from .trained import experiment_model
 
     if quick:   # sklearn's 8x8 digits, trained here: seconds
         data, canvas, region, n_test = "digits", 20, 2, 200
@@ -50,60 +52,82 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
     x_canvas = place_on_canvas(x_test, (canvas, canvas))
 
     variants = {"centred only": None, f"shifted within ±{region}": f"shift:{region}"}
-    curves, rows, numbers, weights = {}, [], {}, {}
-    for name, augment in variants.items():
-        kind = "centred" if augment is None else "shifted"
-        if quick:
-            config = TrainConfig(model="lenet-wolf", data=data, epochs=training["epochs"],
-                                 batch_size=training["batch_size"], canvas=canvas, augment=augment, seed=seed)
-            folder = out / "augmentation-runs" / kind
-            log(f"training lenet-wolf ({name}) on {data}, canvas {canvas}x{canvas} ...")
-            record = train(config, folder, data=(train_xy, (x_test, y_test)), progress=False,
-                           log=lambda s: None)
-            model, test_accuracy = load_trained("lenet-wolf", folder, canvas), record.test_accuracy
-            weights[name] = {"source": "trained here (quick)", "config": record.config,
-                             "test_accuracy": test_accuracy, "test_images": record.test_images}
-        else:
-            model, weights[name] = experiment_model(f"augmentation-{kind}", out, retrain=retrain, log=log)
-            test_accuracy = weights[name]["test_accuracy"]
-        line = audit(model, (x_canvas, y_test), protocol="canvas", shifts=f"x=-{reach}:{reach}",
-                     pairs=0, layers=[], seed=seed, name=name)
-        inside = audit(model, (x_canvas, y_test), protocol="canvas", shifts="0:0", pairs=5,
-                       pair_range=region, layers=[], seed=seed, name=name)
-        everywhere = audit(model, (x_canvas, y_test), protocol="canvas", shifts="0:0", pairs=5,
-                           pair_range=reach, layers=[], seed=seed, name=name)
-        offsets = [int(dx) for _, dx in line.shifts]
-        accuracy = line.invariance.accuracy
-        acc_in, acc_out = region_means(offsets, accuracy, region)
-        curves[name] = {"offset": offsets, "accuracy": accuracy}
-        numbers[name] = {"test_accuracy_centred": test_accuracy, "accuracy_inside": acc_in,
-                         "accuracy_outside": acc_out, "consistency_inside": inside.invariance.consistency,
-                         "consistency_everywhere": everywhere.invariance.consistency}
-        rows.append([name, test_accuracy, acc_in, acc_out, inside.invariance.consistency,
-                     everywhere.invariance.consistency])
-        log(f"  accuracy inside ±{region}: {acc_in:.1%}, outside: {acc_out:.1%}; consistency inside "
-            f"{inside.invariance.consistency:.1%}, over ±{reach}: {everywhere.invariance.consistency:.1%}")
+    curves, numbers, weights = {}, {}, {}
+    with work_folder(out) as folder:
+        for name, augment in variants.items():
+            kind = "centred" if augment is None else "shifted"
+            if quick:
+                config = TrainConfig(model="lenet-wolf", data=data, epochs=training["epochs"],
+                                     batch_size=training["batch_size"], canvas=canvas, augment=augment,
+                                     seed=seed)
+                runs = folder / "augmentation-runs" / kind
+                log(f"training lenet-wolf ({name}) on {data}, canvas {canvas}x{canvas} ...")
+                record = train(config, runs, data=(train_xy, (x_test, y_test)), progress=False,
+                               log=lambda s: None)
+                model, test_accuracy = load_trained("lenet-wolf", runs, canvas), record.test_accuracy
+                weights[name] = {"source": "trained here (quick)", "config": record.config,
+                                 "test_accuracy": test_accuracy, "test_images": record.test_images}
+            else:
+                model, weights[name] = experiment_model(f"augmentation-{kind}", folder, retrain=retrain,
+                                                        log=log)
+                test_accuracy = weights[name]["test_accuracy"]
+            line = audit(model, (x_canvas, y_test), protocol="canvas", shifts=f"x=-{reach}:{reach}",
+                         pairs=0, layers=[], seed=seed, name=name)
+            inside = audit(model, (x_canvas, y_test), protocol="canvas", shifts="0:0", pairs=5,
+                           pair_range=region, layers=[], seed=seed, name=name)
+            everywhere = audit(model, (x_canvas, y_test), protocol="canvas", shifts="0:0", pairs=5,
+                               pair_range=reach, layers=[], seed=seed, name=name)
+            offsets = [int(dx) for _, dx in line.shifts]
+            accuracy = list(line.invariance.accuracy)
+            acc_in, acc_out = region_means(offsets, accuracy, region)
+            curves[name] = {"offset": offsets, "accuracy": accuracy}
+            numbers[name] = {"test_accuracy_centred": test_accuracy, "accuracy_inside": acc_in,
+                             "accuracy_outside": acc_out, "consistency_inside": inside.invariance.consistency,
+                             "consistency_everywhere": everywhere.invariance.consistency}
+            log(f"  accuracy inside ±{region}: {acc_in:.1%}, outside: {acc_out:.1%}; consistency inside "
+                f"{inside.invariance.consistency:.1%}, over ±{reach}: {everywhere.invariance.consistency:.1%}")
+    settings = {"seed": seed, "quick": quick, "data": data, "canvas": canvas, "region": region,
+                "reach": reach, "test_images": n_test, "model": "lenet-wolf", "protocol": "canvas",
+                "consistency_pairs": 5, "weights": weights}
+    return {"settings": settings, "variants": numbers, "curves": curves}
 
+
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """Accuracy against the digit's horizontal offset, with the trained region shaded."""
+    from ..viz import new_figure, save_figure
+    s = data["settings"]
+    region = s["region"]
     fig, ax = new_figure(1, 1, size=(6.0, 3.6))
-    for name, c in curves.items():
+    for name, c in data["curves"].items():
         ax.plot(c["offset"], c["accuracy"], "o-", ms=3, label=name)
     ax.axvspan(-region - 0.5, region + 0.5, color="tab:green", alpha=0.12, label="trained region")
     ax.set_xlabel("horizontal offset of the digit from the centre (px)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"lenet-wolf on a {canvas}x{canvas} canvas ({data})", fontsize=10)
+    ax.set_title(f"lenet-wolf on a {s['canvas']}x{s['canvas']} canvas ({s['data']})", fontsize=10)
     ax.legend(fontsize=8)
-    paths = save_figure(fig, out, "augmentation")
+    return [p for p in save_figure(fig, Path(out), "augmentation") if p.suffix == ".png"]
 
-    shifted = numbers[f"shifted within ±{region}"]
-    centred = numbers["centred only"]
-    claims = {
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    shifted = data["variants"][f"shifted within ±{data['settings']['region']}"]
+    centred = data["variants"]["centred only"]
+    return {
         "with shift augmentation, accuracy inside the trained region beats accuracy outside it by "
         "more than 20 points": shifted["accuracy_inside"] - shifted["accuracy_outside"] > 0.2,
         "with shift augmentation, consistency inside the trained region beats consistency over the "
         "whole canvas": shifted["consistency_inside"] > shifted["consistency_everywhere"],
         "augmentation helps inside the trained region": shifted["accuracy_inside"] > centred["accuracy_inside"],
     }
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    s = data["settings"]
+    canvas, region, reach, weights = s["canvas"], s["region"], s["reach"], s["weights"]
+    rows = [[name, v["test_accuracy_centred"], v["accuracy_inside"], v["accuracy_outside"],
+             v["consistency_inside"], v["consistency_everywhere"]] for name, v in data["variants"].items()]
     return ExperimentResult(
         name="augmentation",
         title="Invariance learned from data does not extend beyond it",
@@ -112,12 +136,19 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
                  f"at every horizontal offset up to {reach} px. Augmentation makes the net robust inside the "
                  "region it was shown, but accuracy and consistency fall off outside it: the network learned "
                  "invariance to the shifts in its data, not translation invariance. "
-                 + ("(Both nets trained here briefly.)" if quick else
+                 + ("(Both nets trained here briefly.)" if s["quick"] else
                     "Weights: " + "; ".join(describe(w) for w in weights.values()) + ".")),
         columns=["training", "test acc (centred)", f"acc |dx|≤{region}", f"acc |dx|>{region}",
                  f"consistency ±{region}", f"consistency ±{reach}"],
-        rows=rows, claims=claims, figures=[p.name for p in paths if p.suffix == ".png"],
-        numbers={"variants": numbers, "curves": curves},
-        settings={"seed": seed, "quick": quick, "data": data, "canvas": canvas, "region": region,
-                  "reach": reach, "test_images": n_test, "model": "lenet-wolf", "protocol": "canvas",
-                  "consistency_pairs": 5, "weights": weights})
+        rows=rows, claims=claims(data), figures=[p.name for p in figures],
+        numbers={"variants": data["variants"], "curves": data["curves"]},
+        settings=s)
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
+        log=print) -> ExperimentResult:
+    """Compute (training in ``out`` when quick or ``retrain``), save the data, draw, and
+    state the claims."""
+    data = compute(seed=seed, quick=quick, retrain=retrain, log=log, out=Path(out))
+    save_data(data, out, "augmentation")
+    return summarise(data, draw(data, out))

@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import ExperimentResult
+from .base import ExperimentResult, save_data
+
+__all__ = ["ANAGRAMS", "CONTROLS", "READOUTS", "letter_box", "render", "letters_separated", "detectors",
+           "responses", "readouts", "distance", "compute", "draw", "claims", "summarise", "run"]
 
 ANAGRAMS = [("STRESSED", "DESSERTS"), ("LISTEN", "SILENT"), ("EVIL", "LIVE"), ("NIGHT", "THING"),
             ("ELBOW", "BELOW"), ("DORMITORY", "DIRTYROOM"), ("SCHOOLMASTER", "THECLASSROOM")]
@@ -106,69 +109,49 @@ def distance(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / ((a.norm() + b.norm()) / 2))
 
 
-def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
-    out = Path(out)
+def compute(*, seed: int = 0, quick: bool = False, log=print) -> dict:
+    """Distances between the four read-outs of every word pair, and the first pair's
+    image and pooled features for the figure."""
     pairs = ANAGRAMS[:3] + CONTROLS[:1] if quick else ANAGRAMS + CONTROLS
     alphabet = "".join(sorted({c for pair in pairs for word in pair for c in word}))
     filters = detectors(alphabet)
     log(f"{len(alphabet)} letter detectors; {len(pairs)} word pairs")
-    rows, per_pair = [], {}
+    per_pair = {}
     for a, b in pairs:
         fa, fb = readouts(a, filters), readouts(b, filters)
-        d = {name: distance(fa[name], fb[name]) for name in READOUTS}
-        anagram = sorted(a) == sorted(b)
-        per_pair[f"{a}/{b}"] = {"anagram": anagram, "halves differ": _halves_differ(a, b), **d}
-        rows.append([a, b, "yes" if anagram else "no", *[d[name] for name in READOUTS]])
+        per_pair[f"{a}/{b}"] = {"anagram": sorted(a) == sorted(b), "halves differ": _halves_differ(a, b),
+                                **{name: distance(fa[name], fb[name]) for name in READOUTS}}
     anagram_rows = [v for v in per_pair.values() if v["anagram"]]
-    control_rows = [v for v in per_pair.values() if not v["anagram"]]
-    separated = all(letters_separated(w) for pair in pairs for w in pair)
-    claims = {
-        "each letter lies entirely inside its own detector window (the condition)": separated,
-        "global max pooling over letter windows gives identical features for every anagram "
-        "pair (distance < 1e-12, float64 rounding)": all(v[READOUTS[0]] < 1e-12 for v in anagram_rows),
-        "flattened responses (position kept) separate every anagram pair (distance > 0.05)":
-            all(v[READOUTS[3]] > 0.05 for v in anagram_rows),
-        "pooling per half separates exactly those anagram pairs whose halves hold different "
-        "letters": all((v[READOUTS[2]] > 0.05) == v["halves differ"] for v in anagram_rows),
-        "the bag of letters still separates words whose letters differ (distance > 0.05)":
-            all(v[READOUTS[0]] > 0.05 for v in control_rows),
-    }
-    straddle = max(v[READOUTS[1]] for v in anagram_rows)
-    figure = _figure(out, pairs[0], filters, alphabet, per_pair)
-    numbers = {"distances": per_pair, "alphabet": alphabet, "letter_box": list(letter_box()),
-               "max_anagram_distance_stride1": straddle}
-    summary = (f"Letter detectors followed by global max pooling give the same feature vector "
-               f"for {pairs[0][0]} and {pairs[0][1]} and every other anagram pair (distance 0 up to "
-               "float rounding): the pooled features are a bag of letters that has forgotten where "
-               "each letter was. Keeping the responses in order separates every pair; pooling per half "
-               "separates those whose halves hold different letters (not LISTEN/SILENT). The exactness "
-               "needs each letter fully inside its own detector window: with detectors at every pixel "
-               f"offset, windows straddling two letters differ and anagram distances reach {straddle:.2g}.")
-    return ExperimentResult(
-        name="bag-of-features", title="Bag of features: global pooling cannot tell anagrams apart",
-        summary=summary, columns=["word A", "word B", "anagram", *READOUTS], rows=rows, claims=claims,
-        figures=[figure], numbers=numbers,
-        settings={"seed": seed, "quick": quick, "font": "PIL bitmap (ImageFont.load_default_imagefont)",
-                  "pairs": [list(p) for p in pairs], "distance": "|a - b| / mean(|a|, |b|)"})
+    a, b = pairs[0]
+    fa, fb = readouts(a, filters), readouts(b, filters)
+    example = {"words": [a, b], "image": torch.cat([render(a, 2)[0, 0], render(b, 2)[0, 0]]).tolist(),
+               "features": {name: [fa[name].tolist(), fb[name].tolist()] for name in (READOUTS[0], READOUTS[2])}}
+    return {"settings": {"seed": seed, "quick": quick, "font": "PIL bitmap (ImageFont.load_default_imagefont)",
+                         "pairs": [list(p) for p in pairs], "distance": "|a - b| / mean(|a|, |b|)"},
+            "distances": per_pair, "alphabet": alphabet, "letter_box": list(letter_box()),
+            "max_anagram_distance_stride1": max(v[READOUTS[1]] for v in anagram_rows),
+            "letters_separated": all(letters_separated(w) for pair in pairs for w in pair),
+            "example": example}
 
 
-def _figure(out: Path, pair: tuple[str, str], filters: Tensor, alphabet: str, per_pair: dict) -> str:
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """The first pair's words and pooled features; the distances of every pair."""
     from ..viz import new_figure, save_figure
+    example, alphabet, per_pair = data["example"], data["alphabet"], data["distances"]
+    a, b = example["words"]
     fig, axes = new_figure(2, 2, size=(5.2, 3.0))
-    a, b = pair
-    stacked = torch.cat([render(a, 2)[0, 0], render(b, 2)[0, 0]])
-    axes[0, 0].imshow(stacked.numpy(), cmap="gray")
+    axes[0, 0].imshow(np.array(example["image"]), cmap="gray")
     axes[0, 0].set(title=f"{a} and {b} (PIL bitmap font)", xticks=[], yticks=[])
     axes[0, 0].grid(False)
-    fa, fb = readouts(a, filters), readouts(b, filters)
     for ax, name, ticks in ((axes[0, 1], READOUTS[0], list(alphabet)),
                             (axes[1, 0], READOUTS[2],
                              [f"{c}<" for c in alphabet] + [f">{c}" for c in alphabet])):
-        pos = np.arange(len(fa[name]))
-        ax.bar(pos - 0.2, fa[name].numpy(), 0.4, label=a)
-        ax.bar(pos + 0.2, fb[name].numpy(), 0.4, label=b)
+        fa, fb = example["features"][name]
+        pos = np.arange(len(fa))
+        ax.bar(pos - 0.2, fa, 0.4, label=a)
+        ax.bar(pos + 0.2, fb, 0.4, label=b)
         ax.set_xticks(pos, ticks, fontsize=6 if len(pos) > 20 else 8)
-        ax.set(title=f"{name}: distance {distance(fa[name], fb[name]):.3g}", ylabel="detector response")
+        ax.set(title=f"{name}: distance {per_pair[f'{a}/{b}'][name]:.3g}", ylabel="detector response")
         ax.legend(fontsize=7)
     ax = axes[1, 1]
     names = list(per_pair)
@@ -178,5 +161,49 @@ def _figure(out: Path, pair: tuple[str, str], filters: Tensor, alphabet: str, pe
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45, ha="right", fontsize=6)
     ax.set(ylabel="relative feature distance", title="all pairs (last ones: not anagrams)")
     ax.legend(fontsize=6)
-    save_figure(fig, out, "bag-of-features")
-    return "bag-of-features.png"
+    return [p for p in save_figure(fig, Path(out), "bag-of-features") if p.suffix == ".png"]
+
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    anagram_rows = [v for v in data["distances"].values() if v["anagram"]]
+    control_rows = [v for v in data["distances"].values() if not v["anagram"]]
+    return {
+        "each letter lies entirely inside its own detector window (the condition)": data["letters_separated"],
+        "global max pooling over letter windows gives identical features for every anagram "
+        "pair (distance < 1e-12, float64 rounding)": all(v[READOUTS[0]] < 1e-12 for v in anagram_rows),
+        "flattened responses (position kept) separate every anagram pair (distance > 0.05)":
+            all(v[READOUTS[3]] > 0.05 for v in anagram_rows),
+        "pooling per half separates exactly those anagram pairs whose halves hold different "
+        "letters": all((v[READOUTS[2]] > 0.05) == v["halves differ"] for v in anagram_rows),
+        "the bag of letters still separates words whose letters differ (distance > 0.05)":
+            all(v[READOUTS[0]] > 0.05 for v in control_rows),
+    }
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    first, second = data["example"]["words"]
+    straddle = data["max_anagram_distance_stride1"]
+    rows = [[*pair.split("/"), "yes" if d["anagram"] else "no", *[d[name] for name in READOUTS]]
+            for pair, d in data["distances"].items()]
+    summary = (f"Letter detectors followed by global max pooling give the same feature vector "
+               f"for {first} and {second} and every other anagram pair (distance 0 up to "
+               "float rounding): the pooled features are a bag of letters that has forgotten where "
+               "each letter was. Keeping the responses in order separates every pair; pooling per half "
+               "separates those whose halves hold different letters (not LISTEN/SILENT). The exactness "
+               "needs each letter fully inside its own detector window: with detectors at every pixel "
+               f"offset, windows straddling two letters differ and anagram distances reach {straddle:.2g}.")
+    return ExperimentResult(
+        name="bag-of-features", title="Bag of features: global pooling cannot tell anagrams apart",
+        summary=summary, columns=["word A", "word B", "anagram", *READOUTS], rows=rows, claims=claims(data),
+        figures=[p.name for p in figures],
+        numbers={k: data[k] for k in ("distances", "alphabet", "letter_box", "max_anagram_distance_stride1")},
+        settings=data["settings"])
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+    """Compute, save the data, draw, and state the claims."""
+    data = compute(seed=seed, quick=quick, log=log)
+    save_data(data, out, "bag-of-features")
+    return summarise(data, draw(data, out))

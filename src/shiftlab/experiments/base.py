@@ -1,17 +1,36 @@
 """What every experiment returns: plain data a terminal, a JSON file and the report all read.
 
-An experiment writes ``experiment-NAME.json`` (this dataclass) and its figures (PNG + SVG)
-into one folder; the HTML report renders one section per such file.
+Every experiment module has the same parts:
+
+* ``compute(*, seed, quick, log) -> dict``: every number, as plain data (str, int, float,
+  bool, None, lists and str-keyed dicts of them; ``data["settings"]`` says how it was made).
+  No matplotlib: the claims can be computed and tested without drawing anything.
+* ``draw(data, out) -> list[Path]``: the figures (PNG + SVG) from that data alone; returns
+  the PNGs.
+* ``claims(data) -> {claim: bool}``: the claims, checked on that data.
+* ``summarise(data, figures) -> ExperimentResult``: the claims, the table and the summary.
+* ``run(out, ...)``: the three in turn; it also saves the data (:func:`save_data`), so the
+  figures can be drawn again from the file (:func:`shiftlab.experiments.redraw`).
+
+An experiment writes ``experiment-NAME.json`` (this dataclass), ``experiment-data/NAME.json``
+(its data) and its figures into one folder; the HTML report renders one section per
+``experiment-NAME.json``.
 """
 from __future__ import annotations
 
 import json
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ShiftlabError
 from ..fmt import text_table
 from ..io import write_text_atomic
+from ..typed_json import read_json
+
+#: the folder (inside an experiment's output folder) that holds each experiment's data
+DATA_FOLDER = "experiment-data"
 
 
 @dataclass
@@ -85,3 +104,38 @@ def _type_problem(result: ExperimentResult) -> str | None:
                                        or not isinstance(result.seconds, (int, float))):
         return "seconds must be a number or null"
     return None
+
+
+# ----------------------------------------------------------------------------- the data
+def data_path(folder: str | Path, name: str) -> Path:
+    """Where experiment ``name`` keeps its data in ``folder``."""
+    return Path(folder) / DATA_FOLDER / f"{name}.json"
+
+
+def save_data(data: dict, folder: str | Path, name: str) -> Path:
+    """Write an experiment's ``compute`` data as ``folder/experiment-data/NAME.json`` (atomic)."""
+    try:
+        text = json.dumps(data, separators=(",", ":")) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ShiftlabError(f"experiment {name!r} computed data that is not plain JSON ({err})") from None
+    return write_text_atomic(data_path(folder, name), text)
+
+
+def load_data(folder: str | Path, name: str) -> dict:
+    """Experiment ``name``'s data saved in ``folder`` by its ``run``."""
+    path = data_path(folder, name)
+    data = read_json(path, "experiment data")
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+        raise ShiftlabError(f"{path} is not an experiment's data (no settings); run the experiment again")
+    return data
+
+
+@contextmanager
+def work_folder(out: str | Path | None):
+    """Where an experiment's ``compute`` trains nets: ``out``, or a temporary folder
+    removed afterwards when None."""
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="shiftlab-experiment-") as tmp:
+        yield Path(tmp)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -32,11 +33,12 @@ from ..audit import TOLERANCE
 from ..errors import ShiftlabError, one_line
 from ..actions import CircularShift
 from ..law import map_errors
-from .base import ExperimentResult
+from .base import ExperimentResult, save_data
+from .weight_sharing import dense_layer
 
 __all__ = ["check_convolution_theorem", "impulse_response", "circular_convolve",
            "relative_error", "linearity_error", "equivariance_error", "TheoremReport",
-           "position_dependent_filter", "dense_image_map", "run"]
+           "position_dependent_filter", "dense_image_map", "compute", "draw", "claims", "summarise", "run"]
 
 # ----------------------------------------------------------------------------- pieces
 def relative_error(a: Tensor, b: Tensor) -> float:
@@ -202,7 +204,6 @@ def position_dependent_filter(x: Tensor) -> Tensor:
 def dense_image_map(shape, seed: int = 0, dtype=torch.float64) -> nn.Module:
     """A dense (fully connected) linear layer from ``C×H×W`` images to ``C×H×W`` images,
     without bias, with seeded random weights."""
-    from .weight_sharing import dense_layer        # weight_sharing imports this module
     c, h, w = shape
     torch.manual_seed(seed)
     return dense_layer(shape, c * h * w, unflatten=(c, h, w), bias=False).to(dtype).eval()
@@ -230,72 +231,96 @@ def _fourier_shift(x: Tensor, shift) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- experiment
-def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+CONV, FOURIER, DENSE, POSITION = ("circular conv 5x5 (nn.Conv2d)", "Fourier shift by (0.5, 1.5) px",
+                                  "dense layer", "position-dependent filter")
+SHOWN = (CONV, POSITION, DENSE)             # the maps the first figure shows
+
+
+def compute(*, seed: int = 0, quick: bool = False, log=print) -> dict:
     """Check the theorem on six maps (two convolutions, a sub-pixel Fourier shift, a
-    zero-padded conv, a position-dependent filter, a dense layer and a non-linear one)."""
-    from ..viz import new_figure, save_figure
+    zero-padded conv, a position-dependent filter, a dense layer and a non-linear one),
+    and keep one image's output, impulse response and rebuild for three of them."""
+    from ..data import synthetic_images
 
     size = 12 if quick else 24
     shape, dtype = (1, size, size), torch.float64
     maps = _example_maps(shape, seed, dtype)
     reports = {}
     for name, fn in maps.items():
-        reports[name] = check_convolution_theorem(fn, shape, dtype, seed=seed)
-        r = reports[name]
+        reports[name] = r = check_convolution_theorem(fn, shape, dtype, seed=seed)
         log(f"{name}: linearity {r.linearity_error:.1e}, equivariance {r.equivariance_error:.1e}, "
             f"reconstruction {r.reconstruction_error:.1e} -> {r.verdict()}")
-
-    rows = [[name, r.linearity_error, r.equivariance_error, r.reconstruction_error, r.verdict()]
-            for name, r in reports.items()]
-    conv_name, dense_name, pos_name = "circular conv 5x5 (nn.Conv2d)", "dense layer", "position-dependent filter"
-
-    # figure 1: output, impulse response, reconstruction and its error for three maps
-    from ..data import synthetic_images
     x = synthetic_images(1, shape, seed=seed).to(dtype)       # a smooth image reads better than noise
-    shown = [conv_name, pos_name, dense_name]
-    outputs = {n: _apply(maps[n], x, shape)[0, 0] for n in shown}
-    recons = {n: circular_convolve(x, reports[n].kernel)[0, 0] for n in shown}
-    top = max(float((outputs[n] - recons[n]).abs().max()) for n in shown)   # one error scale
+    example = {"input": x[0, 0].tolist()}
+    for name in SHOWN:
+        output = _apply(maps[name], x, shape)[0, 0]
+        rebuilt = circular_convolve(x, reports[name].kernel)[0, 0]
+        example[name] = {"output": output.tolist(), "rebuilt": rebuilt.tolist(),
+                         "error": (output - rebuilt).abs().tolist(),
+                         "kernel": torch.fft.fftshift(reports[name].kernel[0, 0]).tolist()}
+    return {"settings": {"seed": seed, "quick": quick, "shape": list(shape), "dtype": "float64",
+                         "tolerance": TOLERANCE[dtype], "trials": 3},
+            "maps": {name: {"linearity_error": r.linearity_error, "equivariance_error": r.equivariance_error,
+                            "reconstruction_error": r.reconstruction_error, "is_linear": r.is_linear,
+                            "is_equivariant": r.is_equivariant, "is_convolution": r.is_convolution,
+                            "verdict": r.verdict()} for name, r in reports.items()},
+            "example": example}
+
+
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """Output, impulse response and rebuild of three maps; the three errors of every map."""
+    from ..viz import new_figure, save_figure
+    maps, example = data["maps"], data["example"]
+    shown = [name for name in SHOWN if name in example]
+    top = max(float(np.max(example[n]["error"])) for n in shown)     # one error scale
     fig, axes = new_figure(5, len(shown), size=(2.2, 2.2))
     for row, name in zip(axes, shown):
-        error = (outputs[name] - recons[name]).abs()
-        panels = [(x[0, 0], "input x", {}), (outputs[name], f"f(x): {name}", {}),
-                  (torch.fft.fftshift(reports[name].kernel[0, 0]), "impulse response K (centred)", {}),
-                  (recons[name], "K ⊛ x", {}),
-                  (error, f"|f(x) − K ⊛ x|, rel. {reports[name].reconstruction_error:.0e}",
+        e = example[name]
+        panels = [(example["input"], "input x", {}), (e["output"], f"f(x): {name}", {}),
+                  (e["kernel"], "impulse response K (centred)", {}), (e["rebuilt"], "K ⊛ x", {}),
+                  (e["error"], f"|f(x) − K ⊛ x|, rel. {maps[name]['reconstruction_error']:.0e}",
                    {"cmap": "magma", "vmin": 0.0, "vmax": top})]
         for ax, (img, title, style) in zip(row, panels):
-            ax.imshow(img.numpy(), **({"cmap": "gray"} | style))
+            ax.imshow(np.array(img), **({"cmap": "gray"} | style))
             ax.set_title(title, fontsize=7)
             ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
-    names = save_figure(fig, out, "convolution-theorem-maps")
+    paths = save_figure(fig, Path(out), "convolution-theorem-maps")
 
-    # figure 2: the three errors per map, log scale
     fig, ax = new_figure(1, 1, size=(7.5, 3.4))
     floor = 1e-17
-    labels = list(reports)
+    labels = list(maps)
     for k, (key, label) in enumerate([("linearity_error", "linearity"), ("equivariance_error", "shift equivariance"),
                                       ("reconstruction_error", "f(x) vs K ⊛ x")]):
-        values = [max(getattr(reports[n], key), floor) for n in labels]
+        values = [max(maps[n][key], floor) for n in labels]
         ax.bar([i + (k - 1) * 0.27 for i in range(len(labels))], values, width=0.27, label=label)
     ax.set_yscale("log")
-    ax.axhline(TOLERANCE[dtype], color="k", ls="--", lw=0.8, label="tolerance (float64)")
+    ax.axhline(data["settings"]["tolerance"], color="k", ls="--", lw=0.8, label="tolerance (float64)")
     ax.set_xticks(range(len(labels)), [textwrap.fill(n, 16) for n in labels], fontsize=7)
     ax.set_ylabel("relative L2 error (0 drawn at 1e-17)")
     ax.legend(fontsize=7, ncol=4, loc="lower left", bbox_to_anchor=(0.0, 1.0))
-    names += save_figure(fig, out, "convolution-theorem-errors")
+    paths += save_figure(fig, Path(out), "convolution-theorem-errors")
+    return [p for p in paths if p.suffix == ".png"]
 
-    conv, dense, pos = reports[conv_name], reports[dense_name], reports[pos_name]
-    claims = {
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    m = data["maps"]
+    conv, dense, pos = m[CONV], m[DENSE], m[POSITION]
+    return {
         "a circular conv (nn.Conv2d) equals circular convolution with its impulse response "
-        "(error < 1e-10 in float64)": conv.reconstruction_error < 1e-10,
+        "(error < 1e-10 in float64)": conv["reconstruction_error"] < 1e-10,
         "a sub-pixel Fourier shift is linear and equivariant, hence also a convolution":
-            reports["Fourier shift by (0.5, 1.5) px"].is_convolution,
+            m[FOURIER]["is_convolution"],
         "a dense layer is linear but not shift-equivariant, and no impulse response reproduces it "
-        "(error > 0.1)": dense.is_linear and not dense.is_equivariant and dense.reconstruction_error > 0.1,
+        "(error > 0.1)": dense["is_linear"] and not dense["is_equivariant"] and dense["reconstruction_error"] > 0.1,
         "a position-dependent filter is linear but fails the same way (error > 0.1)":
-            pos.is_linear and not pos.is_equivariant and pos.reconstruction_error > 0.1,
+            pos["is_linear"] and not pos["is_equivariant"] and pos["reconstruction_error"] > 0.1,
     }
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    errors = ("linearity_error", "equivariance_error", "reconstruction_error")
     return ExperimentResult(
         name="convolution-theorem",
         title="A linear map that commutes with shifts is a convolution",
@@ -306,9 +331,14 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
                  "a dense layer, a position-dependent filter or a zero-padded conv (at its borders) are "
                  "linear but not equivariant, and no kernel reproduces them."),
         columns=["map", "linearity err", "equivariance err", "reconstruction err", "verdict"],
-        rows=rows, claims=claims,
-        figures=[p.name for p in names if p.suffix == ".png"],
-        numbers={name: {"linearity_error": r.linearity_error, "equivariance_error": r.equivariance_error,
-                        "reconstruction_error": r.reconstruction_error} for name, r in reports.items()},
-        settings={"seed": seed, "quick": quick, "shape": list(shape), "dtype": "float64",
-                  "tolerance": TOLERANCE[dtype], "trials": 3})
+        rows=[[name, *(m[k] for k in errors), m["verdict"]] for name, m in data["maps"].items()],
+        claims=claims(data), figures=[p.name for p in figures],
+        numbers={name: {k: m[k] for k in errors} for name, m in data["maps"].items()},
+        settings=data["settings"])
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+    """Compute, save the data, draw, and state the claims."""
+    data = compute(seed=seed, quick=quick, log=log)
+    save_data(data, out, "convolution-theorem")
+    return summarise(data, draw(data, out))

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ShiftlabError
-from .base import ExperimentResult
+from .base import ExperimentResult, save_data
 
 __all__ = ["POOLINGS", "pooling_layer", "PooledClassifier", "nearest_mean_head",
-           "tolerated_shift", "run"]
+           "tolerated_shift", "compute", "draw", "claims", "summarise", "run"]
 
 #: name -> pooling window (0 = global)
 POOLINGS = {"no pooling": 1, "max-pool 2": 2, "max-pool 4": 4, "global max-pool": 0}
@@ -87,11 +87,10 @@ def _features(seed: int, channels: int = 32) -> nn.Module:
     return nn.Sequential(conv, nn.ReLU()).eval()
 
 
-def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+def compute(*, seed: int = 0, quick: bool = False, log=print) -> dict:
     """Fit four pooled classifiers on MNIST and audit them under shifts along x."""
     from ..audit import audit
     from ..data import load_data, place_on_canvas
-    from ..viz import new_figure, save_figure
 
     n_fit, n_test, reach, canvas = (600, 100, 6, 36) if quick else (3000, 200, 8, 36)
     x_fit, y_fit = load_data("mnist", split="train", seed=seed)
@@ -103,7 +102,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
         fit_maps = features(x_fit)                   # shared by the four heads: computed once
     threshold = 0.3
 
-    results, curves = {}, {}
+    curves, invariance = {}, {}
     for name, window in POOLINGS.items():
         model = PooledClassifier(features, window).eval()
         with torch.no_grad():
@@ -115,21 +114,29 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
         shifts = [abs(int(dx)) for _, dx in res.shifts]
         accuracy = [sum(a for s, a in zip(shifts, inv.accuracy) if s == r) / shifts.count(r)
                     for r in range(reach + 1)]
-        curves[name] = {"radius": inv.sensitivity_radius, "distance": inv.sensitivity_radial,
+        curves[name] = {"radius": list(inv.sensitivity_radius), "distance": list(inv.sensitivity_radial),
                         "accuracy": accuracy}
-        results[name] = res
+        invariance[name] = {"clean_accuracy": inv.clean_accuracy, "consistency": inv.consistency,
+                            "worst_case_accuracy": inv.worst_case_accuracy}
         log(f"{name}: clean accuracy {inv.clean_accuracy:.1%}, consistency {inv.consistency:.1%}, "
             f"feature distance at 1/2/4 px {', '.join(f'{inv.sensitivity_radial[r]:.3f}' for r in (1, 2, 4))}")
 
     tolerance = {name: tolerated_shift(c["radius"], c["distance"], threshold) for name, c in curves.items()}
-    columns = ["pooling", "clean acc", "consistency", "worst-case acc"] + \
-        [f"dist {r}px" for r in (1, 2, 4, reach)] + [f"shift to dist {threshold}"]
-    rows = [[name, r.invariance.clean_accuracy, r.invariance.consistency, r.invariance.worst_case_accuracy]
-            + [curves[name]["distance"][k] for k in (1, 2, 4, reach)] + [tolerance[name]]
-            for name, r in results.items()]
+    settings = {"seed": seed, "quick": quick, "fit_images": n_fit, "test_images": n_test,
+                "canvas": canvas, "shifts": f"x=-{reach}:{reach}", "protocol": "circular",
+                "features": "32 random zero-mean 5x5 filters, circular padding, ReLU",
+                "head": "nearest class mean", "data": "mnist", "consistency_pairs": 5,
+                "pair_range": reach}
+    return {"settings": settings, "reach": reach, "threshold": threshold, "curves": curves,
+            "tolerated_shift": tolerance, "invariance": invariance}
 
+
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """Feature distance and accuracy against the shift, one curve per pooling."""
+    from ..viz import new_figure, save_figure
+    reach, threshold = data["reach"], data["threshold"]
     fig, axes = new_figure(2, 1, size=(4.6, 3.4))
-    for name, c in curves.items():
+    for name, c in data["curves"].items():
         axes[0].plot(c["radius"], c["distance"], "o-", ms=3, label=name)
         axes[1].plot(range(reach + 1), c["accuracy"], "o-", ms=3, label=name)
     axes[0].axhline(threshold, color="k", ls=":", lw=0.8)
@@ -140,11 +147,15 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     axes[1].set_ylabel("accuracy")
     axes[1].set_title("accuracy (nearest-class-mean head)", fontsize=10)
     axes[0].legend(fontsize=8)
-    paths = save_figure(fig, out, "pooling")
+    return [p for p in save_figure(fig, Path(out), "pooling") if p.suffix == ".png"]
 
-    d = {name: c["distance"] for name, c in curves.items()}
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    d = {name: c["distance"] for name, c in data["curves"].items()}
+    tolerance = data["tolerated_shift"]
     local = ["no pooling", "max-pool 2", "max-pool 4"]
-    claims = {
+    return {
         "without global pooling the feature distance grows with the shift (from 1 to 4 px)":
             all(d[n][1] < d[n][2] < d[n][4] for n in local),
         "max-pool 4 tolerates larger shifts than max-pool 2, which tolerates larger ones than no pooling":
@@ -153,6 +164,17 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
             all(d["max-pool 4"][r] < d["max-pool 2"][r] < d["no pooling"][r] for r in (1, 2)),
         "global max-pooling is invariant at every shift (distance < 1e-5)": max(d["global max-pool"]) < 1e-5,
     }
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    reach, threshold, curves = data["reach"], data["threshold"], data["curves"]
+    tolerance, invariance = data["tolerated_shift"], data["invariance"]
+    columns = ["pooling", "clean acc", "consistency", "worst-case acc"] + \
+        [f"dist {r}px" for r in (1, 2, 4, reach)] + [f"shift to dist {threshold}"]
+    rows = [[name, inv["clean_accuracy"], inv["consistency"], inv["worst_case_accuracy"]]
+            + [curves[name]["distance"][k] for k in (1, 2, 4, reach)] + [tolerance[name]]
+            for name, inv in invariance.items()]
     return ExperimentResult(
         name="pooling",
         title="Max-pooling gives invariance only to small shifts",
@@ -162,13 +184,16 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
                  "their change still grows with the shift; only global pooling is invariant at every shift, and it "
                  "pays by discarding where the features are. Local pooling buys robustness to jitter, not "
                  "invariance to translation."),
-        columns=columns, rows=rows, claims=claims,
-        figures=[p.name for p in paths if p.suffix == ".png"],
+        columns=columns, rows=rows, claims=claims(data),
+        figures=[p.name for p in figures],
         numbers={"curves": curves, "tolerated_shift": tolerance, "threshold": threshold,
-                 "consistency": {n: r.invariance.consistency for n, r in results.items()},
-                 "clean_accuracy": {n: r.invariance.clean_accuracy for n, r in results.items()}},
-        settings={"seed": seed, "quick": quick, "fit_images": n_fit, "test_images": n_test,
-                  "canvas": canvas, "shifts": f"x=-{reach}:{reach}", "protocol": "circular",
-                  "features": "32 random zero-mean 5x5 filters, circular padding, ReLU",
-                  "head": "nearest class mean", "data": "mnist", "consistency_pairs": 5,
-                  "pair_range": reach})
+                 "consistency": {n: inv["consistency"] for n, inv in invariance.items()},
+                 "clean_accuracy": {n: inv["clean_accuracy"] for n, inv in invariance.items()}},
+        settings=data["settings"])
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+    """Compute, save the data, draw, and state the claims."""
+    data = compute(seed=seed, quick=quick, log=log)
+    save_data(data, out, "pooling")
+    return summarise(data, draw(data, out))

@@ -18,26 +18,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..data import load_data, place_on_canvas
 from ..loading import load_trained
-from ..models import builder_accepts, create_model, list_models
+from ..models import builder_accepts, create_model, example_shape, list_models
 from ..train import TrainConfig, train
 from ..actions import rescale, rot90, rotate
 from ..shapes import module_rank
-from .base import ExperimentResult
+from .base import ExperimentResult, save_data, work_folder
 from .trained import describe, experiment_model
+
+__all__ = ["CANVAS", "MODELS", "compute", "draw", "claims", "summarise", "run"]
 
 CANVAS = 29                  # (29 − 1) % 4 == 0: exact for total stride 4
 MODELS = ("lenet-wolf", "p4-cnn")
 QUICK_ZOO = ("lenet-wolf", "p4-cnn")
 
 
-def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
-        log=print) -> ExperimentResult:
-    out = Path(out)
+def compute(*, seed: int = 0, quick: bool = False, retrain: bool = False, log=print,
+            out: Path | None = None) -> dict:
+    """Both nets on digits turned by quarter turns and by interpolated angles, their rot90
+    exactness in float32 and float64, and the zoo under rot90, rotate 45° and rescale 1.25.
+    ``out``: where quick runs train and ``retrain`` trains again (a temporary folder when None)."""
     settings = dict(seed=seed, canvas=CANVAS, test_images=200 if quick else 500,
                     angle_step=45 if quick else 30,
                     zoo=list(QUICK_ZOO) if quick else list_models(), data="mnist")
@@ -45,18 +50,19 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
     xt, yt = xt[:settings["test_images"]], yt[:settings["test_images"]]
     canvas_test = place_on_canvas(xt, (CANVAS, CANVAS))
 
-    if quick:
-        nets = _train_quick(out, seed, (xt, yt), log)
-        settings["weights"] = {name: {"source": "trained here (quick)", **QUICK_TRAIN} for name in nets}
-        accuracy = {name: _accuracy(net, canvas_test, yt) for name, net in nets.items()}
-        trained = f"trained briefly on {QUICK_TRAIN['train_images']:,} digits"
-    else:
-        nets, settings["weights"] = {}, {}
-        for name in MODELS:
-            nets[name], settings["weights"][name] = experiment_model(f"rotation-{name}", out,
-                                                                     retrain=retrain, log=log)
-        accuracy = {name: w["test_accuracy"] for name, w in settings["weights"].items()}
-        trained = "; ".join(f"{name}: {describe(w)}" for name, w in settings["weights"].items())
+    with work_folder(out) as folder:
+        if quick:
+            nets = _train_quick(folder, seed, (xt, yt), log)
+            settings["weights"] = {name: {"source": "trained here (quick)", **QUICK_TRAIN} for name in nets}
+            accuracy = {name: _accuracy(net, canvas_test, yt) for name, net in nets.items()}
+            trained = f"trained briefly on {QUICK_TRAIN['train_images']:,} digits"
+        else:
+            nets, settings["weights"] = {}, {}
+            for name in MODELS:
+                nets[name], settings["weights"][name] = experiment_model(f"rotation-{name}", folder,
+                                                                         retrain=retrain, log=log)
+            accuracy = {name: w["test_accuracy"] for name, w in settings["weights"].items()}
+            trained = "; ".join(f"{name}: {describe(w)}" for name, w in settings["weights"].items())
 
     log("testing on digits turned by quarter turns and by interpolated angles")
     turned = {name: torch.stack([_predict(net, rot90(canvas_test, k)) for k in range(4)])
@@ -72,37 +78,55 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
     confusion = _six_nine(nets["p4-cnn"], canvas_test, yt)
     log("measuring the zoo (untrained, float64) under rot90, rotate 45°, rescale 1.25")
     zoo = _zoo_changes(settings["zoo"], seed)
+    views = [rot90(canvas_test[:1], k) for k in range(4)] + [rotate(canvas_test[:1], 45, mask=True)]
+    example = {"angles": [0, 90, 180, 270, 45], "images": [v[0, 0].tolist() for v in views],
+               "predictions": {name: [int(_predict(net, v)[0]) for v in views] for name, net in nets.items()}}
+    return {"settings": settings, "trained": trained,
+            "accuracy_rot90": quarter, "same_prediction_all_quarter_turns": same,
+            "angles": angles, "accuracy_interpolated": interpolated,
+            "rot90_relative_change": invariance,
+            "p4_rot90_relative_change_28x28": _rot90_change(nets["p4-cnn"], xt[:16], torch.float64),
+            "p4_six_nine_confusion": confusion, "zoo_relative_change": zoo,
+            "total_stride": {name: net.geometry.total_stride for name, net in nets.items()},
+            "upright_test_accuracy": accuracy, "example": example}
 
-    rows = [[f"{90 * k}° (rot90)", quarter["lenet-wolf"][k], quarter["p4-cnn"][k]] for k in range(4)]
-    rows += [[f"{a}° (interp.)", interpolated["lenet-wolf"][i], interpolated["p4-cnn"][i]]
-             for i, a in enumerate(angles) if a % 90]
-    lenet_q, p4_q = quarter["lenet-wolf"], quarter["p4-cnn"]
-    figure = _figure(out, canvas_test, nets, quarter, angles, interpolated, zoo)
-    p4_on_28 = _rot90_change(nets["p4-cnn"], xt[:16], torch.float64)
-    claims = {
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    lenet_q, p4_q = data["accuracy_rot90"]["lenet-wolf"], data["accuracy_rot90"]["p4-cnn"]
+    p4 = data["rot90_relative_change"]["p4-cnn"]
+    return {
         "p4-cnn's logits are rot90-invariant to float precision on 29x29 inputs "
-        "(relative change < 1e-5 in float32, < 1e-10 in float64)":
-            invariance["p4-cnn"]["float32"] < 1e-5 and invariance["p4-cnn"]["float64"] < 1e-10,
+        "(relative change < 1e-5 in float32, < 1e-10 in float64)": p4["float32"] < 1e-5 and p4["float64"] < 1e-10,
         "on 28x28 inputs (H - 1 = 27 not divisible by the total stride 4) the same p4-cnn is "
-        "not exactly invariant (relative change > 1e-3)": p4_on_28 > 1e-3,
+        "not exactly invariant (relative change > 1e-3)": data["p4_rot90_relative_change_28x28"] > 1e-3,
         "p4-cnn predicts the same class for every test digit at 0°, 90°, 180° and 270°":
-            same["p4-cnn"] == 1.0,
+            data["same_prediction_all_quarter_turns"]["p4-cnn"] == 1.0,
         "lenet-wolf loses more than 20 points of accuracy at 90°, 180° and 270°":
             all(lenet_q[0] - a > 0.20 for a in lenet_q[1:]),
         "at 90°, 180° and 270° p4-cnn beats lenet-wolf": all(p > l for p, l in zip(p4_q[1:], lenet_q[1:])),
     }
-    numbers = {
-        "accuracy_rot90": quarter, "same_prediction_all_quarter_turns": same,
-        "angles": angles, "accuracy_interpolated": interpolated,
-        "rot90_relative_change": invariance, "p4_rot90_relative_change_28x28": p4_on_28,
-        "p4_six_nine_confusion": confusion, "zoo_relative_change": zoo,
-        "total_stride": {name: net.geometry.total_stride for name, net in nets.items()},
-        "upright_test_accuracy": accuracy,
-    }
-    summary = (f"Trained on upright digits only ({trained}), lenet-wolf drops from {lenet_q[0]:.0%} to "
+
+
+#: the numbers kept in the result (the rest of the data is for the figure)
+NUMBERS = ("accuracy_rot90", "same_prediction_all_quarter_turns", "angles", "accuracy_interpolated",
+           "rot90_relative_change", "p4_rot90_relative_change_28x28", "p4_six_nine_confusion",
+           "zoo_relative_change", "total_stride", "upright_test_accuracy")
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    quarter, interpolated, angles = data["accuracy_rot90"], data["accuracy_interpolated"], data["angles"]
+    lenet_q, p4_q = quarter["lenet-wolf"], quarter["p4-cnn"]
+    rows = [[f"{90 * k}° (rot90)", quarter["lenet-wolf"][k], quarter["p4-cnn"][k]] for k in range(4)]
+    rows += [[f"{a}° (interp.)", interpolated["lenet-wolf"][i], interpolated["p4-cnn"][i]]
+             for i, a in enumerate(angles) if a % 90]
+    p4_on_28, confusion = data["p4_rot90_relative_change_28x28"], data["p4_six_nine_confusion"]
+    summary = (f"Trained on upright digits only ({data['trained']}), lenet-wolf drops from {lenet_q[0]:.0%} to "
                f"{min(lenet_q[1:]):.0%}-{max(lenet_q[1:]):.0%} when the digits are turned by quarter "
                f"turns, while the p4 group-conv net gives exactly the same predictions at 0°, 90°, 180° "
-               f"and 270° ({p4_q[0]:.0%} correct; logits equal up to {invariance['p4-cnn']['float32']:.0e}). "
+               f"and 270° ({p4_q[0]:.0%} correct; logits equal up to "
+               f"{data['rot90_relative_change']['p4-cnn']['float32']:.0e}). "
                "The exactness needs (H - 1) divisible by the total stride (29x29 here; on 28x28 the "
                f"same net moves by {p4_on_28:.0e}); at interpolated angles neither net is invariant, "
                f"and rot90 invariance costs the p4 net the difference between a 6 and a 9 ({confusion:.0%} "
@@ -110,7 +134,17 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
     return ExperimentResult(
         name="rotation", title="Rotation: CNNs are not rotation-equivariant; a p4 group-conv net is, for rot90",
         summary=summary, columns=["angle", "lenet-wolf accuracy", "p4-cnn accuracy"], rows=rows,
-        claims=claims, figures=[figure], numbers=numbers, settings=settings)
+        claims=claims(data), figures=[p.name for p in figures], numbers={k: data[k] for k in NUMBERS},
+        settings=data["settings"])
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, retrain: bool = False,
+        log=print) -> ExperimentResult:
+    """Compute (training in ``out`` when quick or ``retrain``), save the data, draw, and
+    state the claims."""
+    data = compute(seed=seed, quick=quick, retrain=retrain, log=log, out=Path(out))
+    save_data(data, out, "rotation")
+    return summarise(data, draw(data, out))
 
 
 QUICK_TRAIN = {"train_images": 1500, "epochs": 1, "batch_size": 32}
@@ -172,6 +206,9 @@ def _zoo_changes(names: list[str], seed: int) -> dict:
     x = rotate(x, 0, mask=True)                                    # same disk for every transform
     table = {}
     for name in names:
+        example = example_shape(name)
+        if example is not None and example[0] != 1:
+            continue                                               # colour nets (ResNets): not on digits
         torch.manual_seed(seed)
         kwargs = {"input_size": CANVAS} if builder_accepts(name, "input_size") else {}
         model = create_model(name, **kwargs).double().eval()
@@ -183,9 +220,12 @@ def _zoo_changes(names: list[str], seed: int) -> dict:
     return table
 
 
-def _figure(out: Path, x: Tensor, nets: dict, quarter: dict, angles: list, interpolated: dict,
-            zoo: dict) -> str:
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """Accuracy against the angle, one digit turned with both nets' predictions, the zoo."""
     from ..viz import new_figure, save_figure
+    quarter, angles, interpolated, zoo = (data["accuracy_rot90"], data["angles"],
+                                          data["accuracy_interpolated"], data["zoo_relative_change"])
+    nets = list(quarter)
     fig, axes = new_figure(3, 1, size=(4.6, 3.6))
     ax = axes[0]
     for i, (name, marker) in enumerate(zip(nets, "os")):
@@ -198,27 +238,23 @@ def _figure(out: Path, x: Tensor, nets: dict, quarter: dict, angles: list, inter
     ax.legend(fontsize=7)
     ax = axes[1]
     ax.axis("off")
-    digit = x[0, 0]
-    strip = torch.cat([rot90(x[:1], k)[0, 0] for k in range(4)]
-                      + [rotate(x[:1], 45, mask=True)[0, 0]], dim=1)
-    ax.imshow(strip.numpy(), cmap="gray")
-    labels = []
-    for k, img in enumerate([rot90(x[:1], k) for k in range(4)] + [rotate(x[:1], 45, mask=True)]):
-        preds = [int(_predict(net, img)[0]) for net in nets.values()]
-        labels.append(f"{45 if k == 4 else 90 * k}°: " + "/".join(map(str, preds)))
-    for k, text in enumerate(labels):
-        ax.text(k * digit.shape[1] + digit.shape[1] / 2, digit.shape[0] + 4, text, ha="center", fontsize=7)
+    example = data["example"]
+    images = [np.array(img) for img in example["images"]]
+    height, width = images[0].shape
+    ax.imshow(np.concatenate(images, axis=1), cmap="gray")
+    for k, angle in enumerate(example["angles"]):
+        text = f"{angle}°: " + "/".join(str(example["predictions"][name][k]) for name in nets)
+        ax.text(k * width + width / 2, height + 4, text, ha="center", fontsize=7)
     ax.set_title(f"one test digit; predictions {' / '.join(nets)}")
     ax = axes[2]
     names = list(zoo)
     kinds = list(next(iter(zoo.values())))
-    width = 0.8 / len(kinds)
+    bar = 0.8 / len(kinds)
     for i, kind in enumerate(kinds):
-        ax.bar([j + i * width for j in range(len(names))], [max(zoo[n][kind], 1e-17) for n in names],
-               width, label=kind)
+        ax.bar([j + i * bar for j in range(len(names))], [max(zoo[n][kind], 1e-17) for n in names],
+               bar, label=kind)
     ax.set_yscale("log")
-    ax.set_xticks([j + width for j in range(len(names))], names, rotation=60, ha="right", fontsize=7)
+    ax.set_xticks([j + bar for j in range(len(names))], names, rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="relative logit change", title="untrained zoo, float64")
     ax.legend(fontsize=7, loc="lower left")
-    save_figure(fig, out, "rotation")
-    return "rotation.png"
+    return [p for p in save_figure(fig, Path(out), "rotation") if p.suffix == ".png"]

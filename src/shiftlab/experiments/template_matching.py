@@ -22,15 +22,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ShiftlabError
 from ..actions import CanvasShift, canvas_shift
-from ..law import map_errors
-from .base import ExperimentResult
+from ..errors import ShiftlabError
+from ..law import LayerGeometry, compare, map_errors, relative_error
+from .base import ExperimentResult, save_data
 
-__all__ = ["cross_correlate", "locate", "TemplateMatcher", "run"]
+__all__ = ["cross_correlate", "locate", "TemplateMatcher", "invariance_errors", "compute", "draw",
+           "claims", "summarise", "run"]
 
 
 def _check(images: Tensor, template: Tensor) -> None:
@@ -132,10 +134,23 @@ def _free_margin(scene: Tensor) -> int:
     return int(min(rows.min(), cols.min(), size - 1 - rows.max(), size - 1 - cols.max()))
 
 
-def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+def _image(t: Tensor) -> list:
+    """A picture for the figure as nested lists, rounded to 1e-6 (far below what a colour shows)."""
+    return np.round(t.detach().double().numpy(), 6).tolist()
+
+
+def invariance_errors(f, x: Tensor, shifts, action) -> list[float]:
+    """The law's invariance branch (:mod:`shiftlab.law`) for a function ``f`` with one number
+    per image: ``|f(T_δ x) − f(x)| / |f(x)|`` over the batch, one per shift ``δ``."""
+    with torch.no_grad():
+        ref = f(x).reshape(len(x), -1)
+        return [float(relative_error(compare(action, LayerGeometry(None), f(action(x, d)).reshape(len(x), -1),
+                                             ref, d))) for d in shifts]
+
+
+def compute(*, seed: int = 0, quick: bool = False, log=print) -> dict:
     """Move a scene of three MNIST digits over a grid of shifts; match the target digit."""
     from ..data import load_data
-    from ..viz import new_figure, save_figure
 
     dtype = torch.float64
     x, y = load_data("mnist", split="test", seed=seed)
@@ -158,66 +173,96 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     shifts = torch.tensor(grid)
     log(f"scene {size}x{size}, target at {positions[0]}, {len(grid)} shifts in [-{far}, {far}]^2")
 
-    ref = matcher(scene)                                    # (1, 1, H+h-1, W+w-1)
-    ref_max = float(ref.max())
+    action = CanvasShift()
     moved = canvas_shift(scene.expand(len(grid), -1, -1, -1), shifts)
     responses = matcher(moved)
-    eq_errors = map_errors(matcher, scene, grid, CanvasShift())       # the one law, per shift
-    max_change = (responses.flatten(1).amax(1) - ref_max).abs()
+    eq_errors = map_errors(matcher, scene, grid, action)                    # the one law, per shift
+    max_errors = invariance_errors(matcher.score, scene, grid, action)      # … its invariance branch
     found = locate(responses, template.shape[-2:])
     truth = torch.tensor(positions[0]) + shifts
     exact = (found == truth).all(1)
 
     solo = [float(matcher.score(_scene([d], [positions[0]], size))) for d in (target, *others)]
-    plain = cross_correlate(moved, template, normalized=False)
-    plain_found = locate(plain, template.shape[-2:])
+    plain_found = locate(cross_correlate(moved, template, normalized=False), template.shape[-2:])
     plain_exact = int((plain_found == truth).all(1).sum())
 
-    worst_eq, worst_max = max(eq_errors), float(max_change.max())
-    log(f"equivariance error <= {worst_eq:.1e}, |max - max at 0| <= {worst_max:.1e}, "
+    worst_eq, worst_max = max(eq_errors), max(max_errors)
+    log(f"equivariance error <= {worst_eq:.1e}, |max - max at 0| / max at 0 <= {worst_max:.1e}, "
         f"position exact for {int(exact.sum())}/{len(grid)} shifts")
-    rows = [
-        ["shifts tested", len(grid)],
-        ["worst relative equivariance error of the response map", worst_eq],
-        ["worst change of the global max", worst_max],
-        ["positions recovered exactly (normalised correlation)", f"{int(exact.sum())}/{len(grid)}"],
-        ["positions recovered exactly (plain correlation)", f"{plain_exact}/{len(grid)}"],
-        [f"score of the target {target_label} (the template)", solo[0]],
-        [f"score of a {other_labels[0]} (distractor)", solo[1]],
-        [f"score of another {other_labels[1]}", solo[2]],
-    ]
+    shown = [grid.index(d) for d in [(0, 0), (far, 0), (0, -far), (-far, far)]]
+    return {"settings": {"seed": seed, "quick": quick, "canvas": size, "positions": [list(p) for p in positions],
+                         "shift_range": reach, "shift_step": step, "normalized": True, "dtype": "float64",
+                         "data": "mnist test"},
+            "labels": {"target": target_label, "distractor": other_labels[0], "same_class": other_labels[1]},
+            "shifts": len(grid), "equivariance_error_max": worst_eq, "max_change": worst_max,
+            "exact_positions": int(exact.sum()), "plain_exact_positions": plain_exact,
+            "score_target": solo[0], "score_distractor": solo[1], "score_same_class": solo[2],
+            "reference_max": float(matcher.score(scene)),
+            "max_per_shift": responses.flatten(1).amax(1).tolist(),
+            "template": _image(template[0]),
+            "shown": [{"shift": list(grid[k]), "found": found[k].tolist(), "scene": _image(moved[k, 0]),
+                       "response": _image(responses[k, 0])} for k in shown]}
 
-    # figure: scenes and response maps at four shifts; the template; the max over shifts
-    show = [grid.index(d) for d in [(0, 0), (far, 0), (0, -far), (-far, far)]]
+
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """Scenes and response maps at four shifts; the template; the max over shifts."""
+    from matplotlib.patches import Rectangle
+
+    from ..viz import new_figure, save_figure
+    template = np.array(data["template"])
+    h, w = template.shape
     fig, axes = new_figure(5, 2, size=(2.3, 2.3))
-    axes[0, 0].imshow(template[0].numpy(), cmap="gray")
+    axes[0, 0].imshow(template, cmap="gray")
     axes[0, 0].set_title("template", fontsize=8)
-    axes[1, 0].plot(range(len(grid)), (responses.flatten(1).amax(1)).numpy(), ".", ms=2)
+    axes[1, 0].plot(range(len(data["max_per_shift"])), data["max_per_shift"], ".", ms=2)
     axes[1, 0].set_ylim(0.0, 1.05)
     axes[1, 0].set_title("global max per shift", fontsize=8)
     axes[1, 0].set_xlabel("shift index", fontsize=7)
-    h, w = template.shape[-2:]
-    for col, k in enumerate(show, start=1):
-        dy, dx = grid[k]
+    for col, view in enumerate(data["shown"], start=1):
+        (dy, dx), (fy, fx) = view["shift"], view["found"]
         top, bottom = axes[0, col], axes[1, col]
-        top.imshow(moved[k, 0].numpy(), cmap="gray")
-        fy, fx = found[k].tolist()
-        top.add_patch(_rectangle(fx - 0.5, fy - 0.5, w, h))
+        top.imshow(np.array(view["scene"]), cmap="gray")
+        top.add_patch(Rectangle((fx - 0.5, fy - 0.5), w, h, fill=False, edgecolor="red", lw=1.2))
         top.set_title(f"scene shifted ({dy}, {dx})", fontsize=8)
-        bottom.imshow(responses[k, 0].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        bottom.imshow(np.array(view["response"]), cmap="viridis", vmin=0.0, vmax=1.0)
         bottom.plot(fx + w - 1, fy + h - 1, "r+", ms=10)
         bottom.set_title(f"response, argmax -> ({fy}, {fx})", fontsize=8)
     for ax in axes.flat:
         ax.grid(False)
     for ax in list(axes[0]) + list(axes[1, 1:]):
         ax.set_xticks([]), ax.set_yticks([])
-    names = save_figure(fig, out, "template-matching")
+    return [p for p in save_figure(fig, Path(out), "template-matching") if p.suffix == ".png"]
 
-    claims = {
-        "the response map moves with the scene (equivariance error < 1e-10, float64)": worst_eq < 1e-10,
-        "its global max is the same at every shift (change < 1e-10)": worst_max < 1e-10,
-        "the argmax recovers the target's position exactly at every shift": bool(exact.all()),
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    return {
+        "the response map moves with the scene (equivariance error < 1e-10, float64)":
+            data["equivariance_error_max"] < 1e-10,
+        "its global max is the same at every shift (change < 1e-10)": data["max_change"] < 1e-10,
+        "the argmax recovers the target's position exactly at every shift":
+            data["exact_positions"] == data["shifts"],
     }
+
+
+#: the numbers kept in the result (the rest of the data is for the figure)
+NUMBERS = ("shifts", "equivariance_error_max", "max_change", "exact_positions", "plain_exact_positions",
+           "score_target", "score_distractor", "score_same_class", "reference_max")
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    n, labels = data["shifts"], data["labels"]
+    rows = [
+        ["shifts tested", n],
+        ["worst relative equivariance error of the response map", data["equivariance_error_max"]],
+        ["worst relative change of the global max", data["max_change"]],
+        ["positions recovered exactly (normalised correlation)", f"{data['exact_positions']}/{n}"],
+        ["positions recovered exactly (plain correlation)", f"{data['plain_exact_positions']}/{n}"],
+        [f"score of the target {labels['target']} (the template)", data["score_target"]],
+        [f"score of a {labels['distractor']} (distractor)", data["score_distractor"]],
+        [f"score of another {labels['same_class']}", data["score_same_class"]],
+    ]
     return ExperimentResult(
         name="template-matching",
         title="Template matching: the response map moves with the object, its max does not",
@@ -225,17 +270,13 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
                  "with a template (one of the digits). The correlation map moves exactly with the scene, "
                  "so its maximum does not change at all and its peak always sits where the object is: "
                  "convolution gives equivariance, and a global max on top of it gives invariance plus the location."),
-        columns=["measure", "value"], rows=rows, claims=claims,
-        figures=[p.name for p in names if p.suffix == ".png"],
-        numbers={"shifts": len(grid), "equivariance_error_max": worst_eq, "max_change": worst_max,
-                 "exact_positions": int(exact.sum()), "plain_exact_positions": plain_exact,
-                 "score_target": solo[0], "score_distractor": solo[1], "score_same_class": solo[2],
-                 "reference_max": ref_max},
-        settings={"seed": seed, "quick": quick, "canvas": size, "positions": [list(p) for p in positions],
-                  "shift_range": reach, "shift_step": step, "normalized": True, "dtype": "float64",
-                  "data": "mnist test"})
+        columns=["measure", "value"], rows=rows, claims=claims(data),
+        figures=[p.name for p in figures],
+        numbers={k: data[k] for k in NUMBERS}, settings=data["settings"])
 
 
-def _rectangle(x0: float, y0: float, w: int, h: int):
-    from matplotlib.patches import Rectangle
-    return Rectangle((x0, y0), w, h, fill=False, edgecolor="red", lw=1.2)
+def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+    """Compute, save the data, draw, and state the claims."""
+    data = compute(seed=seed, quick=quick, log=log)
+    save_data(data, out, "template-matching")
+    return summarise(data, draw(data, out))

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ShiftlabError
-from .base import ExperimentResult
 from ..actions import CircularShift
+from ..errors import ShiftlabError
 from ..law import map_errors
+from .base import ExperimentResult, save_data
 
-__all__ = ["count_parameters", "dense_layer", "conv_as_dense", "run"]
+__all__ = ["count_parameters", "dense_layer", "conv_as_dense", "compute", "draw", "claims", "summarise",
+           "run"]
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -68,18 +70,14 @@ def conv_as_dense(conv: nn.Conv2d, shape) -> nn.Sequential:
     return dense.eval()
 
 
-def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+def compute(*, seed: int = 0, quick: bool = False, log=print) -> dict:
     """Count parameters for the 400x400x3 example; measure equivariance on a smaller image."""
     from ..data import synthetic_images
-    from ..viz import new_figure, save_figure
 
     big = (3, 400, 400)
-    dense_big = dense_layer(big, 500, device="meta")          # counted, never allocated
-    conv_one = nn.Conv2d(3, 1, 5, device="meta")
-    conv_500 = nn.Conv2d(3, 500, 5, device="meta")
-    counts = {"dense 400x400x3 -> 500": count_parameters(dense_big),
-              "conv, one 5x5x3 filter": count_parameters(conv_one),
-              "conv, 500 filters 5x5x3": count_parameters(conv_500)}
+    counts = {"dense 400x400x3 -> 500": count_parameters(dense_layer(big, 500, device="meta")),   # never allocated
+              "conv, one 5x5x3 filter": count_parameters(nn.Conv2d(3, 1, 5, device="meta")),
+              "conv, 500 filters 5x5x3": count_parameters(nn.Conv2d(3, 500, 5, device="meta"))}
     for name, n in counts.items():
         log(f"{name}: {n:,} parameters ({4 * n / 1e6:,.3f} MB in float32)")
 
@@ -102,12 +100,21 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     for name, err in errors.items():
         log(f"{name} on {side}x{side}x3: {count_parameters(layers[name]):,} parameters, "
             f"equivariance error {err:.1e}")
+    block = min(side * side, 256)
+    return {"settings": {"seed": seed, "quick": quick, "count_shape": list(big), "dense_units": 500,
+                         "measure_shape": list(small), "dtype": "float64",
+                         "shifts": [list(s) for s in shifts]},
+            "parameters": counts, "equivariance_error": errors,
+            "measured_parameters": {name: count_parameters(layer) for name, layer in layers.items()},
+            "tied_distinct_values": distinct, "tied_entries": matrix.numel(),
+            "tied_nonzero": (matrix[:block, :block] != 0).int().tolist()}   # the corner the figure shows
 
-    rows = [[name, n, f"{4 * n / 1e6:,.3f}", "-"] for name, n in counts.items()]
-    rows += [[f"{name} ({side}x{side}x3 -> {side}x{side})", count_parameters(layers[name]),
-              f"{4 * count_parameters(layers[name]) / 1e6:,.3f}", err] for name, err in errors.items()]
 
-    # figure: parameter counts, equivariance errors, and the tied weight matrix
+def draw(data: dict, out: str | Path) -> list[Path]:
+    """Parameter counts, equivariance errors, and the tied weight matrix."""
+    from ..viz import new_figure, save_figure
+    counts, errors = data["parameters"], data["equivariance_error"]
+    side = data["settings"]["measure_shape"][-1]
     fig, axes = new_figure(3, 1, size=(3.8, 3.4))
     axes[0].bar(range(3), list(counts.values()), color=["tab:red", "tab:blue", "tab:cyan"])
     axes[0].set_yscale("log")
@@ -120,24 +127,39 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
     axes[1].set_yscale("log")
     axes[1].set_xticks(range(3), ["dense\nrandom", "dense\nconv weights", "conv"], fontsize=7)
     axes[1].set_title(f"shift-equivariance error ({side}x{side}x3, float64)", fontsize=9)
-    block = min(side * side, 256)
-    axes[2].imshow(tied[1].weight.detach()[:block, :block].numpy() != 0, cmap="gray_r", interpolation="nearest")
+    nonzero = np.array(data["tied_nonzero"], dtype=bool)
+    block = len(nonzero)
+    axes[2].imshow(nonzero, cmap="gray_r", interpolation="nearest")
     axes[2].set_title(f"dense matrix of the conv (first {block}x{block}):\n"
-                      f"{matrix.numel():,} entries, {distinct} distinct non-zero", fontsize=8)
+                      f"{data['tied_entries']:,} entries, {data['tied_distinct_values']} distinct non-zero",
+                      fontsize=8)
     axes[2].set_xticks([]), axes[2].set_yticks([]), axes[2].grid(False)
-    paths = save_figure(fig, out, "weight-sharing")
+    return [p for p in save_figure(fig, Path(out), "weight-sharing") if p.suffix == ".png"]
 
-    dense_err, conv_err, tied_err = (errors["dense layer (random weights)"],
-                                     errors["conv 5x5x3, circular padding"],
-                                     errors["dense layer holding the conv's weights"])
-    claims = {
-        "a dense layer from 400x400x3 to 500 units has 240,000,500 parameters": counts["dense 400x400x3 -> 500"] == 240_000_500,
+
+def claims(data: dict) -> dict[str, bool]:
+    """The experiment's claims, checked on :func:`compute`'s data."""
+    counts, errors = data["parameters"], data["equivariance_error"]
+    return {
+        "a dense layer from 400x400x3 to 500 units has 240,000,500 parameters":
+            counts["dense 400x400x3 -> 500"] == 240_000_500,
         "a conv layer with one 5x5x3 kernel has 76 (75 weights + 1 bias), at any image size":
             counts["conv, one 5x5x3 filter"] == 76,
-        "the conv layer is shift-equivariant (error < 1e-10 in float64)": conv_err < 1e-10,
-        "the dense layer is not (error > 0.1)": dense_err > 0.1,
-        "a dense layer becomes equivariant when its weights are tied like the conv's": tied_err < 1e-10,
+        "the conv layer is shift-equivariant (error < 1e-10 in float64)":
+            errors["conv 5x5x3, circular padding"] < 1e-10,
+        "the dense layer is not (error > 0.1)": errors["dense layer (random weights)"] > 0.1,
+        "a dense layer becomes equivariant when its weights are tied like the conv's":
+            errors["dense layer holding the conv's weights"] < 1e-10,
     }
+
+
+def summarise(data: dict, figures: list[Path]) -> ExperimentResult:
+    """The claims, the table and the summary of :func:`compute`'s data."""
+    counts, errors, measured = data["parameters"], data["equivariance_error"], data["measured_parameters"]
+    side = data["settings"]["measure_shape"][-1]
+    rows = [[name, n, f"{4 * n / 1e6:,.3f}", "-"] for name, n in counts.items()]
+    rows += [[f"{name} ({side}x{side}x3 -> {side}x{side})", measured[name], f"{4 * measured[name] / 1e6:,.3f}", err]
+             for name, err in errors.items()]
     return ExperimentResult(
         name="weight-sharing",
         title="Weight sharing: fewer parameters, and equivariance",
@@ -146,9 +168,16 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> Experime
                  f"so it needs 76 numbers at any image size. On {side}x{side} images (where a dense layer "
                  "fits in memory) the conv output moves exactly with the input while the dense one does "
                  "not, unless its weights are tied exactly as the conv ties them."),
-        columns=["layer", "parameters", "MB (float32)", "equivariance error"], rows=rows, claims=claims,
-        figures=[p.name for p in paths if p.suffix == ".png"],
-        numbers={"parameters": counts, "equivariance_error": errors, "tied_distinct_values": distinct,
-                 "measured_on": list(small)},
-        settings={"seed": seed, "quick": quick, "count_shape": list(big), "dense_units": 500,
-                  "measure_shape": list(small), "dtype": "float64", "shifts": [list(s) for s in shifts]})
+        columns=["layer", "parameters", "MB (float32)", "equivariance error"], rows=rows, claims=claims(data),
+        figures=[p.name for p in figures],
+        numbers={"parameters": counts, "equivariance_error": errors,
+                 "tied_distinct_values": data["tied_distinct_values"],
+                 "measured_on": data["settings"]["measure_shape"]},
+        settings=data["settings"])
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, log=print) -> ExperimentResult:
+    """Compute, save the data, draw, and state the claims."""
+    data = compute(seed=seed, quick=quick, log=log)
+    save_data(data, out, "weight-sharing")
+    return summarise(data, draw(data, out))

@@ -14,12 +14,28 @@ from torch import nn
 from ..errors import ShiftlabError, one_line
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_EXAMPLES: dict[str, tuple[int, ...]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its own name (underscores become dashes)."""
-    _REGISTRY[fn.__name__.replace("_", "-")] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *,
+                   example: tuple[int, ...] | None = None):
+    """Register ``fn`` under its own name (underscores become dashes). Used bare
+    (``@register_model``) or with ``example=(C, H, W)``: a small input the model runs on
+    and is tested at, for models that do not take the zoo's usual one-channel 28x28
+    images (or ``1 x T`` signals), such as the 3-channel ImageNet ResNets."""
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__.replace("_", "-")
+        _REGISTRY[name] = fn
+        if example is not None:
+            _EXAMPLES[name] = tuple(int(v) for v in example)
+        return fn
+    return register if fn is None else register(fn)
+
+
+def example_shape(name: str) -> tuple[int, ...] | None:
+    """The declared small input ``(C, H, W)`` of zoo model ``name``; ``None`` when it takes
+    the zoo's usual inputs (one channel, 28x28 images or signals)."""
+    return _EXAMPLES.get(name.replace("_", "-"))
 
 
 def list_models() -> list[str]:

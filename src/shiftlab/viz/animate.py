@@ -6,11 +6,14 @@ shows two views of its feature map ``φ(x_t)``:
 * **raw**: every position coloured by the k-means cluster of its channel vector
   (direction ``φ/‖φ‖``), brightness by the activation norm ``‖φ‖``. The clusters are fit
   ONCE over all frames, so a colour means the same pattern in every frame.
-* **stabilised**: the raw view shifted back by the frame's shift divided by the layer's
-  stride ``s``, ``φ(x_t)[q + ⌊δ_t / s⌋]``, shown on the window ``q`` that stays inside
-  the map in every frame. Where the layer is equivariant
+* **stabilised**: the raw view moved back the way the law (:mod:`shiftlab.law`, canvas
+  protocol) lines ``φ(x_t)`` up with frame 0's map: by ``δ_t / s`` (``s`` the layer's
+  stride) where ``s`` divides the shift, by the better of the floor/ceil alignments
+  (``nearest``) where it does not, shown on the window every frame covers
+  (:func:`law_alignments`, :func:`stabilise`). Where the layer is equivariant
   (``φ(T_δ x) = T_{δ/s} φ(x)``) this view stands perfectly still; where it is not
-  (a stride or pool seeing a shift that ``s`` does not divide) it flickers.
+  (a stride or pool seeing a shift that ``s`` does not divide) it flickers. Under it, the
+  law's relative error of the frame (``nearest`` when the alignment is not exact).
 
 Beside them: the class probabilities of each frame. Frames are composed with numpy and
 Pillow (no matplotlib per frame) and written as a looping GIF.
@@ -30,9 +33,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from ..actions import CanvasShift
 from ..data.canvas import centred_position, place_on_canvas
 from ..errors import ShiftlabError
 from ..io import atomic_path
+from ..law import LayerGeometry, alignments, compare, relative_error
 from ..probe import OUTPUT, Probe, default_layers, infer_layers
 
 PATHS = ("left-right", "diagonal", "loop")
@@ -118,8 +123,8 @@ def probe_maps(model: nn.Module, inputs: torch.Tensor, infos) -> tuple[dict[str,
     with Probe(model, names, clone={i.name for i in infos if i.overwritten}) as probe:
         record = probe(inputs)
     logits = record[OUTPUT].reshape(len(inputs), -1).double()
-    probs = torch.softmax(logits, dim=1).numpy()
-    return {n: record[n].double().numpy() for n in names}, probs
+    probs = torch.softmax(logits, dim=1).cpu().numpy()
+    return {n: record[n].double().cpu().numpy() for n in names}, probs
 
 
 def colour_maps(maps: np.ndarray, clusters: int = 6, seed: int = 0) -> np.ndarray:
@@ -165,27 +170,72 @@ def grey_maps(images: np.ndarray) -> np.ndarray:
     return np.repeat(grey.round().astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def stabilise(views: np.ndarray, shifts: np.ndarray, stride: int) -> np.ndarray:
-    """Shift each frame's map back by ``⌊δ_t / stride⌋`` and keep the window every frame covers.
+def law_alignments(maps: np.ndarray, shifts: np.ndarray, stride: int) -> tuple[list, np.ndarray]:
+    """Per frame, how the law (:mod:`shiftlab.law`, canvas protocol) lines frame ``t``'s map
+    ``φ(x_t)`` up with frame 0's, ``x_t = T_{δ_t} x_0``, and its relative error there.
 
-    ``views``: ``(T, h, w, ...)``; ``shifts``: ``(T, 2)`` integer input shifts (dy, dx)
-    relative to any fixed reference. Returns ``(T, h', w', ...)`` with
-    ``out[t, q] = views[t, q + e_t − min_t e_t]``, ``e_t = ⌊δ_t / stride⌋``.
+    ``maps``: ``(T, C, h, w)``; ``shifts``: ``(T, 2)`` input shifts ``δ_t`` relative to frame 0.
+    Where the stride ``s`` divides ``δ_t`` the alignment is exact (``δ_t / s``); otherwise
+    the law's floor/ceil candidates are scored like :func:`shiftlab.law.compare` scores
+    them and the one with the smaller error is kept (``nearest``). None (error NaN): nothing
+    comparable. Returns ``(alignments, errors)``: what :func:`stabilise` draws, and the
+    numbers under it.
+
+    >>> maps = np.zeros((2, 1, 4, 6)); maps[0, 0, 1, 1] = maps[1, 0, 1, 3] = 1.0
+    >>> aligned, errors = law_alignments(maps, np.array([[0, 0], [0, 2]]), 1)
+    >>> [a.feature_shift for a in aligned], errors.tolist()
+    ([(0, 0), (0, 2)], [0.0, 0.0])
+    """
+    action = CanvasShift()
+    ref = torch.from_numpy(maps[:1])
+    geometry = LayerGeometry.same_size(action, stride, maps.shape[2:])
+    chosen, errors = [], np.full(len(maps), np.nan)
+    for t, shift in enumerate(np.asarray(shifts).tolist()):
+        shift = tuple(float(d) for d in shift)
+        best = None
+        for cand in alignments(action, geometry, shift):
+            c = compare(action, geometry, torch.from_numpy(maps[t:t + 1]), ref, shift, cands=[cand])
+            error = float(relative_error(c))
+            if c.positions and (best is None or error < best[1]):
+                best = (cand, error)
+        chosen.append(None if best is None else best[0])
+        if best is not None:
+            errors[t] = best[1]
+    return chosen, errors
+
+
+def stabilise(views: np.ndarray, aligned: list) -> np.ndarray:
+    """Each frame's view moved back by its law alignment, on the window every frame covers.
+
+    ``views``: ``(T, h, w, ...)`` pictures of the maps ``φ(x_t)``; ``aligned``: per frame the
+    :class:`~shiftlab.law.Alignment` of :func:`law_alignments` (one box ``(out, src)``: the
+    law compares ``φ(x_t)[out]`` with ``φ(x_0)[src]``). The window ``W`` is the intersection
+    of the ``src`` boxes, and ``out[t] = views[t][W + k_t]`` with ``k_t`` frame ``t``'s
+    feature shift: where the layer is equivariant every frame shows ``views[0][W]``.
 
     >>> maps = np.arange(5)[None, None, :].repeat(2, 0)          # (T=2, 1, 5)
     >>> maps[1] = np.roll(maps[1], 2)                             # frame 1 moved by 2
-    >>> stabilise(maps, np.array([[0, 0], [0, 2]]), 1)[:, 0].tolist()
+    >>> geometry = LayerGeometry.same_size(CanvasShift(), 1, (1, 5))
+    >>> aligned = [alignments(CanvasShift(), geometry, d)[0] for d in [(0, 0), (0, 2)]]
+    >>> stabilise(maps, aligned)[:, 0].tolist()
     [[0, 1, 2], [0, 1, 2]]
     """
-    moved = np.floor_divide(np.asarray(shifts, dtype=np.int64), int(stride))
-    low = moved.min(axis=0)
-    span = moved.max(axis=0) - low
-    h, w = views.shape[1] - span[0], views.shape[2] - span[1]
-    if h < 1 or w < 1:
-        raise ShiftlabError(f"the shifts ({span.tolist()} feature pixels) leave no window common "
-                            "to all frames; use a shorter path or a layer with a larger map")
-    return np.stack([views[k, e[0]:e[0] + h, e[1]:e[1] + w]
-                     for k, e in enumerate(moved - low)])
+    lost = ShiftlabError("the shifts leave no window common to all frames; use a shorter path "
+                         "or a layer with a larger map")
+    if any(a is None or a.blocks is None or len(a.blocks) != 1 for a in aligned):
+        raise lost                                        # a frame shares nothing with frame 0
+    sources = [a.blocks[0][1] for a in aligned]
+    window = [(max(src[axis].start for src in sources), min(src[axis].stop for src in sources))
+              for axis in range(2)]
+    if any(hi <= lo for lo, hi in window):
+        raise lost
+    (lo_y, hi_y), (lo_x, hi_x) = window
+    frames = []
+    for view, a in zip(views, aligned):
+        (out, src), = a.blocks
+        ky, kx = (out[axis].start - src[axis].start for axis in range(2))
+        frames.append(view[lo_y + ky:hi_y + ky, lo_x + kx:hi_x + kx])
+    return np.stack(frames)
 
 
 @dataclass
@@ -198,7 +248,8 @@ class LayerFrames:
     raw: np.ndarray                  # (T, h, w, 3) uint8
     stable: np.ndarray | None        # (T, h', w', 3) uint8; None: no window common to all frames
     error: np.ndarray | None = None  # (T,) the law's relative error against frame 0 (NaN: not
-                                     # comparable, or the stride does not divide the shift)
+                                     # comparable)
+    aligned: list | None = None      # (T,) the law's Alignment per frame (exact or nearest)
 
 
 @dataclass
@@ -244,46 +295,25 @@ def compute_frames(model: nn.Module, image: torch.Tensor, *, canvas: int = 38,
     """Slide ``image`` along ``path`` on the canvas and colour the chosen layers' maps."""
     image = check_image(image)
     positions = slide_path(path, tuple(image.shape[-2:]), canvas)
-    inputs = canvas_frames(image, positions, canvas, model_dtype(model))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = canvas_frames(image, positions, canvas, model_dtype(model)).to(device)  # model's device
     infos = choose_layers(model, inputs[:1], layers)
     maps, probs = probe_maps(model, inputs, infos)
     shifts = positions - positions[0]
-    views = [LayerFrames("input", "canvas", 1, grey_maps(inputs.double().numpy()), None)]
+    views = [LayerFrames("input", "canvas", 1, grey_maps(inputs.double().cpu().numpy()), None)]
     views += [LayerFrames(i.name, i.kind, i.stride, colour_maps(maps[i.name], clusters, seed), None)
               for i in infos]
-    for view in views:
+    laws = [law_alignments(inputs.double().numpy(), shifts, 1)]
+    laws += [law_alignments(maps[i.name], shifts, i.stride) for i in infos]
+    for k, (view, (aligned, errors)) in enumerate(zip(views, laws)):
+        view.aligned = aligned
+        view.error = errors if k else None       # the input's numbers are not shown
         try:
-            view.stable = stabilise(view.raw, shifts, view.stride)
+            view.stable = stabilise(view.raw, aligned)
         except ShiftlabError:                 # map too small for this path: raw view only
             view.stable = None
-    for view, info in zip(views[1:], infos):
-        view.error = law_errors(maps[info.name], shifts, info.stride)
     return AnimationFrames(positions, shifts, views, probs, label, title,
                            [str(k) for k in range(probs.shape[1])])
-
-
-def law_errors(maps: np.ndarray, shifts: np.ndarray, stride: int) -> np.ndarray:
-    """Per frame, the law of :mod:`shiftlab.law` under canvas shifts: the relative error of
-    the frame's map against frame 0's map moved by ``shift / stride``, on the positions both
-    define; NaN where the stride does not divide the shift or nothing is comparable.
-
-    >>> maps = np.zeros((2, 1, 4, 6)); maps[0, 0, 1, 1] = maps[1, 0, 1, 3] = 1.0
-    >>> law_errors(maps, np.array([[0, 0], [0, 2]]), 1).tolist()
-    [0.0, 0.0]
-    """
-    from ..actions import CanvasShift
-    from ..law import LayerGeometry, compare, relative_error
-    action = CanvasShift()
-    ref = torch.from_numpy(maps[:1])
-    geometry = LayerGeometry.same_size(action, stride, maps.shape[2:])
-    out = np.full(len(maps), np.nan)
-    for t, shift in enumerate(np.asarray(shifts).tolist()):
-        if any(int(d) % stride for d in shift):
-            continue
-        c = compare(action, geometry, torch.from_numpy(maps[t:t + 1]), ref, tuple(float(d) for d in shift))
-        if c.positions:
-            out[t] = float(relative_error(c))
-    return out
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -343,9 +373,10 @@ def render_frame(frames: AnimationFrames, t: int) -> Image.Image:
         if view.stable is not None:
             _paste_scaled(frame, view.stable[t], (x, top + CELL + gap), scale)
             if view.error is not None:
-                err = view.error[t]
-                draw.text((x, top + 2 * CELL + gap + 2), "law: -" if np.isnan(err) else
-                          f"law error {err:.1e}", fill=MUTED, font=small)
+                err, aligned = view.error[t], view.aligned[t] if view.aligned else None
+                text = ("law: -" if np.isnan(err) else f"law error {err:.1e}" if aligned.kind == "exact"
+                        else f"nearest {err:.1e}")
+                draw.text((x, top + 2 * CELL + gap + 2), text, fill=MUTED, font=small)
         else:
             draw.text((x + 6, top + CELL + gap + CELL // 2 - 14), "map too small\nfor this path",
                       fill=MUTED, font=small)
