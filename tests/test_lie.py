@@ -177,3 +177,42 @@ def test_integer_outputs_and_steps_without_forward_mode_are_one_line_errors():
     with pytest.raises(ShiftlabError, match="forward-mode autodiff failed") as err:
         lie_derivative(Custom(), torch.rand(2, 1, 8, 8))
     assert "\n" not in str(err.value)
+
+
+def test_a_pad_is_fused_with_the_module_it_feeds():
+    """APS's circular pad + dense max-pool is one unit (alone, a pad changes the size)."""
+    from shiftlab.models import create_model
+    net = create_model("lenet-wolf-maxpool-aps")
+    result = lie_derivative(net, torch.rand(2, 1, 16, 16))
+    kinds = {l.name: (l.type, l.group) for l in result.layers}
+    assert kinds["features.2.op"] == ("Pad+MaxPool2d", "nonlinearity")
+    assert kinds["features.2.down"] == ("APS", "downsampling")
+    assert "features.2.pad" not in kinds
+    assert max(result.unattributed.values()) <= 1e-12 * max(result.total.values())
+
+
+def test_the_cli_writes_the_lie_derivative_and_reads_it_back(tmp_path, capsys):
+    from shiftlab.cli import main
+    from shiftlab.result import AuditResult
+    out = tmp_path / "r.json"
+    assert main(["audit", "--model", "conv-maxpool", "--data", "synthetic:6", "--shifts=-1:1",
+                 "--lie", "4", "--quiet", "--out", str(out)]) == 0
+    assert "Lie derivative (LEE, 4 images" in capsys.readouterr().out
+    back = AuditResult.from_json(out)
+    from shiftlab.models import create_model
+    assert back.lie.images == 4 and back.lie.axes == ["y", "x"]
+    assert back.lie.generator == default_generator(create_model("conv-maxpool"))
+    assert abs(sum(back.lie.shares_by_group().values()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--lie", "0"], "--lie takes how many inputs"),
+    (["--lie", "-3"], "--lie takes how many inputs"),
+])
+def test_bad_lie_options_are_one_line(argv, words, tmp_path, capsys):
+    from shiftlab.cli import main
+    rc = main(["audit", "--model", "conv-maxpool", "--data", "synthetic:2", "--shifts=0:1",
+               *argv, "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1 and words in err[0]
+    assert not (tmp_path / "r.json").exists()

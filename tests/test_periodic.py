@@ -84,3 +84,21 @@ def test_nets_that_are_not_periodic_are_refused_in_one_line(model, size, words):
     with pytest.raises(ShiftlabError, match=words) as err:
         all_shifts(model, torch.rand(2, 1, *size))
     assert "\n" not in str(err.value)
+
+
+def test_the_cli_counts_every_circular_shift_and_refuses_other_protocols(tmp_path, capsys):
+    from shiftlab.cli import main
+    from shiftlab.result import AuditResult
+    out = tmp_path / "r.json"
+    assert main(["audit", "--model", "lenet-wolf-maxpool-aps", "--data", "synthetic:3", "--shifts=0:1",
+                 "--all-shifts", "--quiet", "--out", str(out)]) == 0
+    assert "every circular shift (784 per input from 16 passes, stride 4)" in capsys.readouterr().out
+    back = AuditResult.from_json(out)
+    assert back.all_shifts.consistency == 1.0 and back.all_shifts.clean_accuracy is None
+    for argv, words in [(["--protocol", "canvas"], "use it with --protocol circular"),
+                        (["--model", "lenet-wolf"], "outputs repeat every")]:
+        rc = main(["audit", "--model", "lenet-wolf-maxpool-aps", "--data", "synthetic:2",
+                   "--shifts=0:1", "--all-shifts", *argv, "--out", str(tmp_path / "x.json")])
+        err = capsys.readouterr().err.splitlines()
+        assert rc == 2 and len(err) == 1 and words in err[0], err
+        assert not (tmp_path / "x.json").exists()

@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop consistency windows: offsets in [0, D) as Zhang 2019 "
                         "(default) or [0, D]")
     p.add_argument("--sensitivity-layer", default="output", help="layer for the sensitivity map")
+    p.add_argument("--lie", type=int, nargs="?", const=64, default=None, metavar="N",
+                   help="also take the Lie derivative (Gruver et al. 2023) on the first N inputs "
+                        "(default 64): local equivariance error, split over layers")
+    p.add_argument("--all-shifts", action="store_true",
+                   help="circular protocol: also every circular shift of every input, from "
+                        "S^2 passes for a net of total stride S (verified periodic)")
     p.add_argument("--resize", type=_positive, metavar="S",
                    help="folder images: resize the shorter side to S (antialiased; Pillow, as "
                         "torchvision's Resize)")
@@ -315,6 +321,14 @@ def cmd_audit(args) -> None:
         raise ShiftlabError(f"--crop needs HxW (images) or T (signals), got "
                             f"{'x'.join(map(str, args.crop))}")
     _layer_names(args.layers)
+    if args.lie is not None and args.lie < 1:
+        raise ShiftlabError(f"--lie takes how many inputs to differentiate at, at least 1; got {args.lie}")
+    if args.all_shifts and args.protocol != "circular":
+        raise ShiftlabError(f"--all-shifts counts circular shifts; use it with --protocol circular "
+                            f"(not {args.protocol})")
+    if (args.lie is not None or args.all_shifts) and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ShiftlabError("--lie and --all-shifts run in one process; leave them out under "
+                            "torchrun, or run them without it")
     from .audit import AuditConfig
     config = AuditConfig(
         protocol=args.protocol, shifts=args.shifts, layers=args.layers, pairs=args.pairs,
@@ -354,7 +368,30 @@ def _audit_here(args, config, device):
     torch.manual_seed(args.seed)                  # the same initial weights on every rank
     model = _load_model(args, input_size=args.crop[0] if args.crop else shape[-1],
                         in_channels=shape[0]).to(device)
-    return audit(model, data, config)
+    result = audit(model, data, config)
+    if args.all_shifts:
+        from .periodic import all_shifts
+        result.all_shifts = all_shifts(model, _inputs(data, config), batch_size=config.batch_size)
+    if args.lie is not None:
+        from .lie import lie_derivative
+        result.lie = lie_derivative(model, _inputs(data, config, args.lie), batch_size=config.batch_size)
+    return result
+
+
+def _inputs(data, config, limit: int | None = None):
+    """``data``'s batches as the model sees them (normalised), at most ``limit`` inputs.
+    Normalising first is exact for the circular and Fourier shifts of --all-shifts and
+    --lie: a per-channel affine map commutes with them."""
+    from .audit import iter_batches
+    from .data.preprocess import normalize
+    left = limit
+    for x, y in iter_batches(data, config.batch_size):
+        if left is not None:
+            x, y, left = x[:left], (None if y is None else y[:left]), left - len(x[:left])
+        if len(x):
+            yield (x if config.normalize is None else normalize(x, config.normalize)), y
+        if left is not None and left <= 0:
+            return
 
 
 def _folder_stream(args):

@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ShiftlabError, one_line
+from .result import GROUPS, LayerLie, LieResult
 
 #: the convention, in words, recorded with every result
 CONVENTION = ("Lie derivative d/dt T_t^-1 f(T_t x) at t = 0 (Gruver et al. 2023) by "
@@ -53,11 +54,10 @@ CONVENTION = ("Lie derivative d/dt T_t^-1 f(T_t x) at t = 0 (Gruver et al. 2023)
               "LEE = mean over classes of |L p_c| for softmax outputs p; a layer's contribution "
               "= |J_after L f_layer|^2 on the softmax output, averaged over images")
 
-#: how layers are grouped when asking "nonlinearities or strides?" (Gruver et al., Fig. 4)
-GROUPS = ("nonlinearity", "downsampling", "other")
 _NONLINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
               nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Tanh, nn.Sigmoid,
-              nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink)
+              nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink,
+              nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
 #: modules with no effect at evaluation, never attributed
 _SKIPPED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
@@ -106,95 +106,63 @@ def _is_map(x, rank: int) -> bool:
 
 
 @dataclass
-class LayerLie:
-    """One layer's contribution to the model's Lie derivative, per axis."""
-    name: str
-    type: str
-    group: str                                 # "nonlinearity", "downsampling" or "other"
-    contribution: dict[str, float]             # axis -> mean over images of |J L f_i|²
-    share: dict[str, float | None]             # axis -> contribution / Σ contributions
-
-
-@dataclass
-class LieResult:
-    """The model's local equivariance error and its split over layers (see the module doc).
-    ``unattributed`` is what no listed module carries: functional operations, and reading
-    positions out (a ``flatten`` before a linear head); 0 for a model that pools globally."""
-    axes: list[str]
-    lee: dict[str, float]                      # axis -> mean over images and classes of |L p_c|
-    total: dict[str, float]                    # axis -> mean over images of |L p|²
-    unattributed: dict[str, float]             # axis -> mean over images of |L p − Σ_i J L f_i|²
-    layers: list[LayerLie] = field(default_factory=list)
-    images: int = 0
-    generator: str = "fourier"
-    convention: str = CONVENTION
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def shares_by_group(self) -> dict[str, float | None]:
-        """Each group's share of the attributed error, summed over axes."""
-        sums = {g: sum(sum(l.contribution.values()) for l in self.layers if l.group == g)
-                for g in GROUPS}
-        whole = sum(sums.values())
-        return {g: (v / whole if whole > 0 else None) for g, v in sums.items()}
-
-
-@dataclass
 class _Call:
-    """One call of one module, with the pixels per unit of ``t`` on its input and output map
-    along each axis (None: not a map tied to the input's positions)."""
+    """One call of one unit (a module, or a padding module and the module it feeds), with the
+    pixels per unit of ``t`` on its input and output map along each axis (None: not a map tied
+    to the input's positions)."""
     name: str
-    module: nn.Module
+    first: nn.Module                           # receives the input
+    module: nn.Module                          # gives the output (the same as first, but after a pad)
     call: int
     pixels_in: tuple[float | None, ...] | None
     pixels_out: tuple[float | None, ...] | None
 
     @property
     def group(self) -> str:
-        """A pointwise nonlinearity; a layer that samples coarser (its output moves fewer
-        pixels per unit than its input, or pools a map away); or anything else."""
-        if isinstance(self.module, _NONLINEAR):
-            return "nonlinearity"
+        """A layer that samples coarser (its output moves fewer pixels per unit than its
+        input, or pools a map away); a nonlinearity (pointwise, or a dense max at stride 1);
+        or anything else (convolutions, normalisation, padding)."""
         if self.pixels_in is not None and (self.pixels_out is None or any(
                 o is None or o < i - 1e-9 for i, o in zip(self.pixels_in, self.pixels_out))):
             return "downsampling"
+        if isinstance(self.module, _NONLINEAR):
+            return "nonlinearity"
         return "other"
 
 
-def _measure_calls(model: nn.Module, x: Tensor, named: list[tuple[str, nn.Module]]) -> list[_Call]:
-    """Every call of the attributed modules, with its maps' scales. A map of cumulative stride
+def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Call]:
+    """Every call of the attributed units, with its maps' scales. A map of cumulative stride
     ``s`` moves by ``t·N/(2s)`` pixels when the input (``N`` pixels) moves by ``t·N/2``; ``s``
     is measured as in :mod:`shiftlab.probe`, from one image and one ``STRIDE_PROBE_PAD`` larger."""
     from .probe import STRIDE_PROBE_PAD
 
     rank = x.ndim - 2
     example = x[:1]
-    sizes: dict[int, list] = {}
+    sizes: dict[tuple[int, str], list] = {}
 
-    def record(i):
+    def record(i, end):
         def hook(_module, args, out):
-            h = args[0] if args else None
-            sizes.setdefault(i, []).append(tuple(
-                tuple(t.shape[2:]) if _is_map(t, rank) else None for t in (h, out)))
+            t = (args[0] if args else None) if end == "in" else out
+            sizes.setdefault((i, end), []).append(tuple(t.shape[2:]) if _is_map(t, rank) else None)
         return hook
 
-    def forward(inputs) -> dict[int, list]:
+    def forward(inputs) -> dict:
         sizes.clear()
-        handles = [m.register_forward_hook(record(i)) for i, (_, m) in enumerate(named)]
+        handles = [h for i, u in enumerate(units) for h in (
+            u.first.register_forward_hook(record(i, "in")), u.last.register_forward_hook(record(i, "out")))]
         try:
             with torch.no_grad():
                 model(inputs)
         finally:
             for h in handles:
                 h.remove()
-        return {i: list(v) for i, v in sizes.items()}
+        return {k: list(v) for k, v in sizes.items()}
 
     base = forward(example)
     try:
         big = forward(torch.nn.functional.pad(example, (0, STRIDE_PROBE_PAD) * rank))
     except Exception:                          # a head sized for one input size
-        big = {i: list(v) for i, v in sizes.items()}
+        big = {k: list(v) for k, v in sizes.items()}
     n0 = example.shape[2:]
 
     def pixels(small, large):
@@ -212,13 +180,16 @@ def _measure_calls(model: nn.Module, x: Tensor, named: list[tuple[str, nn.Module
             per_axis.append(n0[a] / 2 / stride)
         return tuple(per_axis)
 
+    def at(table, key, c):
+        values = table.get(key, [])
+        return values[c] if c < len(values) else None
+
     calls = []
-    for i, (name, module) in enumerate(named):
-        for c, (size_in, size_out) in enumerate(base.get(i, [])):
-            grown = big.get(i, [])
-            big_in, big_out = grown[c] if c < len(grown) else (None, None)
-            calls.append(_Call(name if c == 0 else f"{name}#{c + 1}", module, c + 1,
-                               pixels(size_in, big_in), pixels(size_out, big_out)))
+    for i, unit in enumerate(units):
+        for c in range(len(base.get((i, "out"), []))):
+            calls.append(_Call(unit.name if c == 0 else f"{unit.name}#{c + 1}", unit.first, unit.last,
+                               c + 1, pixels(at(base, (i, "in"), c), at(big, (i, "in"), c)),
+                               pixels(at(base, (i, "out"), c), at(big, (i, "out"), c))))
     return calls
 
 
@@ -230,29 +201,29 @@ class _Shifted:
     def __init__(self, call: _Call, axis: int, rank: int, kind: str):
         self.target, self.axis, self.rank, self.kind = call, axis, rank, kind
         self.t: Tensor | None = None
-        self.calls = 0
+        self.calls_in = self.calls_out = 0
 
     def _pre(self, _module, args):
-        self.calls += 1
+        self.calls_in += 1
         pixels = self.target.pixels_in
-        if self.calls != self.target.call or pixels is None or pixels[self.axis] is None:
+        if self.calls_in != self.target.call or pixels is None or pixels[self.axis] is None:
             return None
         h = args[0]
         return (h + self.t * shift_generator(h, self.axis - self.rank, pixels[self.axis], self.kind), *args[1:])
 
     def _post(self, _module, args, out):
+        self.calls_out += 1
         pixels_in, pixels_out = self.target.pixels_in, self.target.pixels_out
-        if (self.calls != self.target.call or pixels_in is None or pixels_out is None
+        if (self.calls_out != self.target.call or pixels_in is None or pixels_out is None
                 or pixels_out[self.axis] is None or not _is_map(out, self.rank)):
             return None
         return out - self.t * shift_generator(out, self.axis - self.rank, pixels_out[self.axis], self.kind)
 
     @contextmanager
     def installed(self, t: Tensor):
-        self.t, self.calls = t, 0
-        module = self.target.module
-        handles = [module.register_forward_pre_hook(self._pre),
-                   module.register_forward_hook(self._post)]
+        self.t, self.calls_in, self.calls_out = t, 0, 0
+        handles = [self.target.first.register_forward_pre_hook(self._pre),
+                   self.target.module.register_forward_hook(self._post)]
         try:
             yield
         finally:
@@ -260,18 +231,47 @@ class _Shifted:
                 h.remove()
 
 
-def _attributed_layers(model: nn.Module, layers: Iterable[str] | str | None) -> list[tuple[str, nn.Module]]:
-    """The leaf modules (no children) in definition order, or the named ones."""
+@dataclass
+class _Unit:
+    """What one contribution is attributed to: a module, or a padding module fused with the
+    module after it (a pad changes the map's size, so alone it has no equivariance to speak
+    of; with the pooling or convolution it feeds it does)."""
+    name: str
+    first: nn.Module
+    last: nn.Module
+
+
+_PADDING = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ReflectionPad1d,
+            nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.CircularPad1d,
+            nn.CircularPad2d)
+
+
+def _is_padding(module: nn.Module) -> bool:
+    from .layers import Pad
+    return isinstance(module, (*_PADDING, Pad))
+
+
+def _attributed_layers(model: nn.Module, layers: Iterable[str] | str | None) -> list[_Unit]:
+    """The leaf modules (no children) in definition order, a padding module fused with the
+    leaf after it; or the named modules."""
     named = dict(model.named_modules())
     if layers is None:
-        return [(n, m) for n, m in model.named_modules()
-                if n and not any(True for _ in m.children()) and not isinstance(m, _SKIPPED)]
+        units, pad = [], None
+        for n, m in model.named_modules():
+            if not n or any(True for _ in m.children()) or isinstance(m, _SKIPPED):
+                continue
+            if _is_padding(m) and pad is None:
+                pad = m
+                continue
+            units.append(_Unit(n, pad or m, m))
+            pad = None
+        return units
     chosen = []
     for name in ([s for s in layers.split(",") if s] if isinstance(layers, str) else layers):
         if not name or name not in named:
             raise ShiftlabError(f"unknown layer {name!r} for the Lie derivative; see "
                                 "`shiftlab layers` for the model's layer names")
-        chosen.append((name, named[name]))
+        chosen.append(_Unit(name, named[name], named[name]))
     return chosen
 
 
@@ -365,11 +365,12 @@ def lie_derivative(model: nn.Module, images, layers: Iterable[str] | str | None 
         raise ShiftlabError("no images to take the Lie derivative on; pass at least one")
     per = lambda v: dict(zip(axes, (s / seen for s in v)))      # noqa: E731
     result = LieResult(axes=axes, lee=per(lee), total=per(total), unattributed=per(rest),
-                       images=seen, generator=generator)
+                       images=seen, generator=generator, convention=CONVENTION)
     sums = [sum(p[a] for p in parts.values()) for a in range(rank)]
     for call in calls:
         c = parts[call.name]
         result.layers.append(LayerLie(
-            name=call.name, type=type(call.module).__name__, group=call.group, contribution=per(c),
+            name=call.name, type=(f"{type(call.first).__name__}+" if call.first is not call.module
+                                  else "") + type(call.module).__name__, group=call.group, contribution=per(c),
             share=dict(zip(axes, (c[a] / sums[a] if sums[a] > 0 else None for a in range(rank))))))
     return result

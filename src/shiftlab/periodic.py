@@ -25,38 +25,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .actions import circular_shift
 from .errors import ShiftlabError, run_model
+from .result import AllShifts
 
 #: periodicity holds when |f(T_{δ+S} x) − f(T_δ x)| ≤ TOLERANCE · (1 + max |f|)
 TOLERANCE = 1e-4
-
-
-@dataclass
-class AllShifts:
-    """Exact statistics over every circular shift of every input (see the module doc)."""
-    stride: int                       # the total stride S, per axis
-    size: list[int]                   # the input's spatial size N per axis
-    shifts: int                       # ∏ N_a: circular shifts per input
-    passes: int                       # S^d: forward passes per input
-    images: int
-    consistency: float
-    clean_accuracy: float | None      # None for unlabelled data
-    mean_accuracy: float | None
-    worst_case_accuracy: float | None
-    periodic_error: float             # the largest |f(T_{δ+S} x) − f(T_δ x)| measured
-
-    @property
-    def speedup(self) -> float:
-        return self.shifts / self.passes
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "speedup": self.speedup}
 
 
 def total_stride(model: nn.Module, example: Tensor) -> int:

@@ -91,6 +91,67 @@ class LayerResult:
         return f"not {word}"
 
 
+#: how layers are grouped when asking "nonlinearities or strides?" (Gruver et al., Fig. 4)
+GROUPS = ("nonlinearity", "downsampling", "other")
+
+
+@dataclass
+class LayerLie:
+    """One layer's contribution to the model's Lie derivative, per axis."""
+    name: str
+    type: str
+    group: str                                 # "nonlinearity", "downsampling" or "other"
+    contribution: dict[str, float]             # axis -> mean over images of |J L f_i|²
+    share: dict[str, float | None]             # axis -> contribution / Σ contributions
+
+
+@dataclass
+class LieResult:
+    """The model's local equivariance error and its split over layers (:mod:`shiftlab.lie`).
+    ``unattributed`` is what no listed module carries: functional operations, and reading
+    positions out (a ``flatten`` before a linear head); 0 for a model that pools globally."""
+    axes: list[str]
+    lee: dict[str, float]                      # axis -> mean over images and classes of |L p_c|
+    total: dict[str, float]                    # axis -> mean over images of |L p|²
+    unattributed: dict[str, float]             # axis -> mean over images of |L p − Σ_i J L f_i|²
+    layers: list[LayerLie] = field(default_factory=list)
+    images: int = 0
+    generator: str = "fourier"
+    convention: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def shares_by_group(self) -> dict[str, float | None]:
+        """Each group's share of the attributed error, summed over axes."""
+        sums = {g: sum(sum(l.contribution.values()) for l in self.layers if l.group == g)
+                for g in GROUPS}
+        whole = sum(sums.values())
+        return {g: (v / whole if whole > 0 else None) for g, v in sums.items()}
+
+
+@dataclass
+class AllShifts:
+    """Exact statistics over every circular shift of every input (:mod:`shiftlab.periodic`)."""
+    stride: int                       # the total stride S, per axis
+    size: list[int]                   # the input's spatial size N per axis
+    shifts: int                       # ∏ N_a: circular shifts per input
+    passes: int                       # S^d: forward passes per input
+    images: int
+    consistency: float
+    clean_accuracy: float | None      # None for unlabelled data
+    mean_accuracy: float | None
+    worst_case_accuracy: float | None
+    periodic_error: float             # the largest |f(T_{δ+S} x) − f(T_δ x)| measured
+
+    @property
+    def speedup(self) -> float:
+        return self.shifts / self.passes
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup}
+
+
 @dataclass
 class InvarianceResult:
     """Output-level stability. Fields are None where the data could not support them
@@ -121,6 +182,8 @@ class AuditResult:
     invariance: InvarianceResult
     seconds: float = 0.0
     forwards: int = 0                # images passed through the model
+    lie: LieResult | None = None     # --lie: the Lie derivative per layer (shiftlab.lie)
+    all_shifts: AllShifts | None = None   # --all-shifts: every circular shift (shiftlab.periodic)
 
     # --- access -----------------------------------------------------------------------
     def layer(self, name: str) -> LayerResult:
@@ -262,6 +325,18 @@ class AuditResult:
             acc = inv.accuracy or [0.0]
             out.append(f"accuracy clean {inv.clean_accuracy:.2%}, mean over shifts "
                        f"{sum(acc) / len(acc):.2%}, worst-case {inv.worst_case_accuracy:.2%}")
+        if self.all_shifts is not None:
+            a = self.all_shifts
+            acc = ("" if a.worst_case_accuracy is None else
+                   f", accuracy clean {a.clean_accuracy:.2%}, worst-case {a.worst_case_accuracy:.2%}")
+            out.append(f"every circular shift ({a.shifts} per input from {a.passes} passes, stride "
+                       f"{a.stride}): consistency {a.consistency:.2%}{acc}")
+        if self.lie is not None:
+            groups = self.lie.shares_by_group()
+            lee = ", ".join(f"{axis} {v:.3g}" for axis, v in self.lie.lee.items())
+            split = ", ".join(f"{g} {v:.0%}" for g, v in groups.items() if v is not None)
+            out.append(f"Lie derivative (LEE, {self.lie.images} images, {self.lie.generator} "
+                       f"shifts): {lee}; error by layer kind: {split or 'none'}")
         if out:
             lines += [""] + out
         return "\n".join(lines)
