@@ -264,12 +264,15 @@ def _alias_free(model: nn.Module, activation: str, nyquist: str) -> tuple[nn.Mod
     dims = _model_rank(model)
     replaced, skip = [], []
     for name, m in list(model.named_modules()):
-        if any(_under(name, p) for p in skip) or isinstance(m, _CONTAINERS):
+        if any(_under(name, p) for p in skip):
             continue
+        if isinstance(m, Downsampled) and isinstance(m.down, (BlurPool, APS, APSShortcut)):
+            _refuse(name, m, "it was converted already; convert the original model")
         if isinstance(m, (AliasFreeActivation, IdealDownsample)):
             skip.append(name)
             continue
-        if any(True for _ in m.children()) and not type(m).__module__.startswith("torch."):
+        if isinstance(m, _CONTAINERS) or (any(True for _ in m.children())
+                                          and not type(m).__module__.startswith("torch.")):
             continue                      # a block of the user's or shiftlab's: convert its children
         new = _alias_free_layer(name, m, dims, activation, nyquist)
         if new is not None:
