@@ -380,8 +380,6 @@ def cmd_convert(args) -> None:
         require_onnx()                                # before any work: say how to install it
     else:
         onnx_out = None
-    if out is not None and onnx_out is not None and out.resolve() == onnx_out.resolve():
-        raise ShiftlabError("--out and --onnx name the same file; give two")
     if args.method not in METHODS + ("none",):
         raise ShiftlabError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)} or none")
     if args.activation is not None and args.method != "alias-free":

@@ -90,36 +90,33 @@ def exporter_reason(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter prints progress, logs registration warnings and warns about module
-    attributes it traced; none of that is for the user."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch._guards",
-                                               "torch.fx.experimental.symbolic_shapes", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+    """The exporter prints progress, logs registration warnings and graph dumps, and warns
+    about module attributes it traced; none of that is for the user."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logging.disable(disabled)
 
 
 def _axis_sizes(program, rank: int) -> tuple[dict[str, int], dict[str, int]]:
-    """``(dynamic axis → smallest size torch.export allows, static axis → size)``."""
-    ranges = program.exported_program.range_constraints
-    placeholder = next(n for n in program.exported_program.graph.nodes
-                       if n.op == "placeholder" and n.name in program.exported_program.graph_signature.user_inputs)
+    """``(dynamic axis → smallest size torch.export allows, static axis → size)``; an axis
+    torch.export narrowed to one size (it does so for ``max_pool1d``) counts as static."""
+    exported = program.exported_program
+    ranges = exported.range_constraints
+    user = set(exported.graph_signature.user_inputs)
+    shape = next(n for n in exported.graph.nodes if n.op == "placeholder" and n.name in user).meta["val"].shape
     dynamic, static = {}, {}
-    names = AXES[rank + 2]
-    for axis, size in zip((0, *range(2, rank + 2)), placeholder.meta["val"].shape[:1] + placeholder.meta["val"].shape[2:]):
-        name = names[0 if axis == 0 else axis - 1]
-        if isinstance(size, torch.SymInt):
-            bound = ranges.get(size.node.expr)
-            dynamic[name] = int(bound.lower) if bound is not None else 1
+    for name, size in zip(AXES[rank + 2], (shape[0], *shape[2:])):
+        bound = ranges.get(size.node.expr) if isinstance(size, torch.SymInt) else None
+        if bound is None or bound.lower == bound.upper:
+            static[name] = int(size if bound is None else bound.lower)
         else:
-            static[name] = int(size)
+            dynamic[name] = int(bound.lower)
     if "batch" in dynamic:
         dynamic["batch"] = 1           # torch.export's 0/1 specialisation says 2; batch 1 is checked
     return dynamic, static
@@ -200,7 +197,8 @@ def onnx_bytes(model: nn.Module, input_shape, *, check: bool = True,
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     rank = len(shape) - 1
     other = (1, shape[0], *(s + 1 + 2 * a for a, s in enumerate(shape[1:])))   # odd sides
-    why_static = _runs_at(model, other, dtype)
+    double = (1, shape[0], *(2 * s for s in shape[1:]))
+    why_static = _runs_at(model, other, dtype) or _runs_at(model, double, dtype)
     auto = torch.export.Dim.AUTO
     dynamic = ({0: auto, **({2 + a: auto for a in range(rank)} if not why_static else {})},)
     try:
@@ -215,6 +213,8 @@ def onnx_bytes(model: nn.Module, input_shape, *, check: bool = True,
     except Exception as err:
         raise ShiftlabError(f"torch cannot export the model to ONNX: {exporter_reason(err)}") from None
     dynamic_axes, static_axes = _axis_sizes(program, rank)
+    if not why_static and set(static_axes) - {"batch"}:
+        why_static = "torch.export fixed them (it does for 1-D max-pools)"
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = str(key), str(value)
@@ -239,8 +239,9 @@ def onnx_bytes(model: nn.Module, input_shape, *, check: bool = True,
 
 
 def _runs_at(model: nn.Module, shape, dtype) -> str:
-    """``""`` if ``model`` runs on an input of ``shape``, else why not (one line): then the
-    exported spatial axes stay at the example's size."""
+    """``""`` if ``model`` runs on an input of ``shape``, else why not (one line). A model
+    that does not run at odd sides and at twice the example's (a Linear head sized from the
+    map) keeps its spatial axes at the example's size."""
     try:
         with torch.no_grad():
             model(torch.zeros(shape, dtype=dtype))
