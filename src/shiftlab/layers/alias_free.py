@@ -215,7 +215,7 @@ class PolyAct(nn.Module):
                                     f"{tuple(x.shape)}")
             view = (self.channels,) + (1,) * (x.ndim - 2)
             c0, c1, c2 = (self.coef[:, i].reshape(view) for i in range(3))
-        return c0 + c1 * x + c2 * (x * x)
+        return torch.addcmul(c0, x, torch.addcmul(c1, c2, x))          # c0 + x·(c1 + c2·x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
