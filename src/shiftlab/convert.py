@@ -29,7 +29,8 @@ as maxes, approximately alias-free and close to the trained function. It knows c
 pools, element-wise activations, BatchNorm (exact in ``eval()``), Linear, Dropout,
 Identity, Flatten, global average pools and shiftlab's :class:`Pad`; any other layer —
 a global max, a norm over positions, an unknown module, a stride-1 max-pool — is refused
-with its path, since the result could not be alias-free.
+with its path, since the result could not be alias-free. Like strided calls, functional
+nonlinearities in a ``forward`` (``F.relu(x)``) are invisible to it and stay as they are.
 
 Signals (``Conv1d``, ``MaxPool1d``, ``AvgPool1d``) and images convert alike, each
 layer to the fix of its own rank. The stride-1 twin of a conv has the same weights, so ``blurpool`` with ``filter_size=1``

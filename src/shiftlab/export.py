@@ -3,10 +3,11 @@
 :func:`export_onnx` runs ``torch.onnx.export(..., dynamo=True)`` on an ``eval()`` copy of the
 model, with the batch axis and every spatial axis marked dynamic (``Dim.AUTO``: an axis the
 model fixes — a ``Linear`` head sized from the map fixes H and W — stays static, and the
-result says so). Before anything is written, ONNX Runtime (when installed) runs the graph
-on the example input and on one of another batch and odd spatial size, and must agree
-with PyTorch; then the ``.onnx`` file is written atomically (a temporary file, ``fsync``,
-a rename), so a failure — the exporter's, a disagreement, a full disk — leaves no file.
+result says so; a model that does not run at other sizes keeps them static too). Before
+anything is written, ONNX Runtime (when installed) runs the graph on the example, on batch
+1 with odd sides and on the smallest size the export allows, and must agree with PyTorch;
+then the ``.onnx`` file is written atomically (a temporary file, ``fsync``, a rename), so a
+failure — the exporter's, a disagreement, a full disk — leaves no file.
 
 shiftlab's layers are written to export: padding indices are computed with tensor-by-tensor
 ``Mod`` (the exporter cannot lower ``tensor % size`` for a dynamic size), BlurPool's filter
@@ -74,8 +75,9 @@ def _require(name: str):
 
 def require_onnx():
     """The ``onnx`` module, or a one-line error saying how to install the export extra."""
+    onnx = _require("onnx")
     _require("onnxscript")
-    return _require("onnx")
+    return onnx
 
 
 def exporter_reason(err: BaseException) -> str:

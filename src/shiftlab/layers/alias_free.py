@@ -26,7 +26,9 @@ activation, ``c0 + c1·x + c2·x²`` with learnable coefficients, initialised to
 ``(0.0169394634313126, 0.5, 0.3078363963999393)``) the layer is *exactly* alias-free:
 squaring at most doubles the band, which the ×2 grid holds, so the low band is computed
 without folding. Any other ``σ`` (ReLU, GELU) has an unbounded spectrum and is only
-approximately alias-free on the ×2 grid (the StyleGAN3 recipe the paper improves on);
+approximately alias-free on the ×2 grid (the StyleGAN3 recipe the paper improves on) —
+though exact for shifts by whole samples of that grid (half pixels), which ``σ`` commutes
+with, so half-pixel tests alone cannot tell the two apart; quarter pixels can.
 :class:`AliasFreeActivation` takes either, and :func:`shiftlab.convert.convert` uses the
 polynomial by default (exact, needs training) or keeps the model's own ``σ`` on request.
 
