@@ -16,7 +16,7 @@ from shiftlab.testing import assert_shift_invariant
 
 FIXED = ["lenet-wolf-blur", "lenet-wolf-maxpool-blur", "lenet-wolf-maxpool-blur2",
          "lenet-wolf-maxpool-blur5", "lenet-wolf-stride-blur", "lenet-wolf-maxpool-aps",
-         "resnet-small-blur", "resnet-small-aps"]
+         "resnet-small-blur", "resnet-small-aps", "lenet-wolf-maxpool-alias-free"]
 
 
 def _x(name, n=3, dtype=torch.float64):
@@ -312,3 +312,17 @@ def test_cli_convert_names_the_root_and_refuses_blur_options_for_circular(tmp_pa
                      "--out", str(bad)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--method circular has no blur" in err[0] and not bad.exists()
+
+
+def test_cli_convert_alias_free_writes_weights_a_conversion_loads(tmp_path, capsys):
+    from shiftlab.loading import load_weights
+    out = tmp_path / "af.safetensors"
+    assert main(["convert", "--model", "lenet-wolf-maxpool", "--method", "alias-free", "--input",
+                 "1x32x32", "--activation", "keep", "--out", str(out)]) == 0     # sides ÷ 8: sizes kept
+    printed = capsys.readouterr().out
+    assert "features.1: ReLU -> AliasFreeActivation" in printed
+    assert "features.2: MaxPool2d -> Downsampled" in printed and "features.0: Conv2d made circular" in printed
+    rebuilt = convert(create_model("lenet-wolf-maxpool", input_size=32), "alias-free", activation="keep")[0]
+    load_weights(rebuilt, str(out))
+    polynomial, _ = convert(create_model("lenet-wolf-maxpool"), "alias-free")
+    assert sum(k.endswith("nonlinearity.coef") for k in polynomial.state_dict()) == 4     # 4 ReLUs

@@ -1,5 +1,5 @@
-"""Model surgery: make any ``nn.Module`` anti-aliased (BlurPool), adaptively sampled (APS)
-or circular-padded, keeping its trained weights.
+"""Model surgery: make any ``nn.Module`` anti-aliased (BlurPool), adaptively sampled (APS),
+circular-padded or alias-free, keeping its trained weights.
 
 ``convert`` walks ``model.named_modules()`` and replaces child modules by name:
 
@@ -13,7 +13,24 @@ aps           conv at stride 1 → APS(s)             circular 'same' pad → po
 circular      ``padding_mode="circular"`` on every  pools with padding get a circular
               conv with padding                     :class:`Pad` instead; BlurPool / APS
                                                     blurs / Pads become circular
+alias-free    circular conv at stride 1 →           circular 'same' pad → pool at stride 1
+              :class:`IdealDownsample` (s)          → :class:`IdealDownsample` (s); a
+                                                    max-pool's max becomes an average
+                                                    (``activation="polynomial"``)
 ============  ====================================  ======================================
+
+**alias-free** (Michaeli et al. 2023, :mod:`shiftlab.layers.alias_free`) also makes every
+padded conv circular and every element-wise activation module (ReLU, GELU, …) an
+:class:`AliasFreeActivation`: with ``activation="polynomial"`` (default) the paper's
+degree-2 :class:`PolyAct` on the ×2 grid, which makes a circular net with a global-average
+head *exactly* invariant to sub-pixel circular shifts but changes its function (train it);
+with ``activation="keep"`` the model's own nonlinearity on the ×2 grid and max-pools kept
+as maxes, approximately alias-free and close to the trained function. It knows convs,
+pools, element-wise activations, BatchNorm (exact in ``eval()``), Linear, Dropout,
+Identity, Flatten, global average pools and shiftlab's :class:`Pad`; any other layer —
+a global max, a norm over positions, an unknown module, a stride-1 max-pool — is refused
+with its path, since the result could not be alias-free. Like strided calls, functional
+nonlinearities in a ``forward`` (``F.relu(x)``) are invisible to it and stay as they are.
 
 Signals (``Conv1d``, ``MaxPool1d``, ``AvgPool1d``) and images convert alike, each
 layer to the fix of its own rank. The stride-1 twin of a conv has the same weights, so ``blurpool`` with ``filter_size=1``
@@ -57,13 +74,17 @@ import torch
 from torch import nn
 
 from .errors import ShiftlabError, one_line
-from .layers import APS, APSShortcut, BlurConv, BlurPool, Downsampled, MaxBlurPool, Pad, same_padding
+from .layers import (APS, AliasFreeActivation, APSShortcut, BlurConv, BlurPool, Downsampled,
+                     IdealDownsample, MaxBlurPool, Pad, PolyAct, same_padding)
+from .layers.alias_free import check_nyquist
 from .layers.aps import check_norm
 from .layers.blurpool import at_stride_one, check_filter_size, equal_stride
 from .layers.padding import check_padding_mode
 from .shapes import module_rank, per_axis
 
-METHODS = ("blurpool", "aps", "circular")
+METHODS = ("blurpool", "aps", "circular", "alias-free")
+#: how alias-free conversion treats nonlinearities (see the module doc)
+ACTIVATIONS = ("polynomial", "keep")
 SHORTCUT_NAMES = ("shortcut", "downsample")
 _UNSUPPORTED = (nn.LPPool1d, nn.LPPool2d, nn.FractionalMaxPool2d, nn.PixelUnshuffle)
 _CONVS, _MAX_POOLS = (nn.Conv1d, nn.Conv2d), (nn.MaxPool1d, nn.MaxPool2d)
@@ -176,6 +197,92 @@ def _make_circular(m: nn.Module) -> nn.Module | None:
     return None
 
 
+# ----------------------------------------------------------------------------- alias-free
+_POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU,
+              nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Tanh,
+              nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid)
+#: layers that act on every position alike and linearly (in eval mode): alias-free as they are
+_TRANSPARENT = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear, nn.Identity, nn.Flatten, nn.Dropout,
+                nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_GLOBAL_AVERAGE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_WHY_NOT = (
+    ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d), "a max over positions is not invariant to "
+     "sub-pixel shifts; use a global average pool"),
+    ((nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm),
+     "its statistics over positions are not alias-free (the paper uses an alias-free "
+     "LayerNorm); use BatchNorm"),
+    ((APS, APSShortcut, BlurPool, MaxBlurPool), "it was converted already; convert the original model"),
+)
+
+
+def _refuse(name: str, m: nn.Module, why: str):
+    raise ShiftlabError(f"cannot make {_where(name, m)} alias-free: {why}")
+
+
+def _model_rank(model: nn.Module) -> int:
+    ranks = {r for m in model.modules() if (r := module_rank(m)) is not None}
+    if len(ranks) > 1:
+        raise ShiftlabError("cannot make the model alias-free: it mixes 1-D and 2-D layers")
+    return ranks.pop() if ranks else 2
+
+
+def _alias_free_layer(name: str, m: nn.Module, dims: int, activation: str,
+                      nyquist: str) -> nn.Module | None:
+    """The alias-free form of the leaf ``m`` (possibly ``m`` changed), ``None`` if it stays."""
+    if isinstance(m, _POINTWISE):
+        fn = PolyAct() if activation == "polynomial" else m
+        return AliasFreeActivation(fn, nyquist=nyquist, dims=dims)
+    if isinstance(m, _CONVS + _POOLS):
+        stride = _stride(name, m)
+        if stride is None:
+            if isinstance(m, _MAX_POOLS):
+                _refuse(name, m, "a max-pool at stride 1 is a nonlinearity without an "
+                                 "alias-free form; remove it or use an activation")
+            return _make_circular(m)
+        if isinstance(m, _MAX_POOLS) and activation == "polynomial":   # its linear twin
+            m = nn.AvgPool2d(m.kernel_size, stride) if dims == 2 else nn.AvgPool1d(m.kernel_size, stride)
+        new = _sampled(m, IdealDownsample(stride, dims=module_rank(m)))
+        _make_circular(new.op)
+        return new
+    if isinstance(m, _GLOBAL_AVERAGE):
+        if set(per_axis(m.output_size, module_rank(m))) != {1}:
+            _refuse(name, m, f"an adaptive pool to {m.output_size} averages uneven windows; "
+                             "only global pooling (output size 1) is shift-invariant")
+        return None
+    if isinstance(m, Pad):
+        return _make_circular(m)
+    if isinstance(m, _TRANSPARENT):
+        return None
+    for kinds, why in _WHY_NOT:
+        if isinstance(m, kinds):
+            _refuse(name, m, why)
+    _refuse(name, m, "shiftlab does not know this layer; replace it with a conv, a pool or an "
+                     "element-wise activation, or make it alias-free yourself")
+
+
+def _alias_free(model: nn.Module, activation: str, nyquist: str) -> tuple[nn.Module, list[str]]:
+    dims = _model_rank(model)
+    replaced, skip = [], []
+    for name, m in list(model.named_modules()):
+        if any(_under(name, p) for p in skip):
+            continue
+        if isinstance(m, Downsampled) and isinstance(m.down, (BlurPool, APS, APSShortcut)):
+            _refuse(name, m, "it was converted already; convert the original model")
+        if isinstance(m, (AliasFreeActivation, IdealDownsample)):
+            skip.append(name)
+            continue
+        if isinstance(m, _CONTAINERS) or (any(True for _ in m.children())
+                                          and not type(m).__module__.startswith("torch.")):
+            continue                      # a block of the user's or shiftlab's: convert its children
+        new = _alias_free_layer(name, m, dims, activation, nyquist)
+        if new is not None:
+            model = _replace(model, name, new) if new is not m else model
+            replaced.append(name)
+            skip.append(name)
+    return model, replaced
+
+
 def _output_sizes(model: nn.Module, paths: list[str], example: torch.Tensor):
     """Output shape of each module in ``paths`` for ``example``, and the error, if any."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -239,12 +346,13 @@ def _check_sizes(before: nn.Module, after: nn.Module, replaced: list[str], input
 
 def convert(model: nn.Module, method: str, *, filter_size: int | None = None,
             padding: str | None = None, norm: str = "l2", input_shape=None,
-            inplace: bool = False) -> tuple[nn.Module, list[str]]:
+            inplace: bool = False, activation: str = "polynomial",
+            nyquist: str = "zero") -> tuple[nn.Module, list[str]]:
     """Return ``(converted model, paths of the modules replaced or changed)``.
 
     Args:
         model: any ``nn.Module``; not modified unless ``inplace``.
-        method: ``"blurpool"``, ``"aps"`` or ``"circular"`` (see the module doc).
+        method: ``"blurpool"``, ``"aps"``, ``"circular"`` or ``"alias-free"`` (see the module doc).
         filter_size: binomial filter size 1..7; default 3 for ``blurpool``, none (no
             pre-blur) for ``aps``.
         padding: the blur's padding; default ``reflect`` for ``blurpool`` (Zhang),
@@ -252,11 +360,21 @@ def convert(model: nn.Module, method: str, *, filter_size: int | None = None,
         norm: the APS norm, ``l2`` | ``l1`` | ``linf``.
         input_shape: ``(C, T)`` or ``(C, H, W)``; if given, check that no replaced layer changes its
             output size and the converted model runs.
+        activation: ``alias-free`` only: ``"polynomial"`` (the paper's, exact) or ``"keep"``
+            (the model's own nonlinearities on the ×2 grid, approximate).
+        nyquist: ``alias-free`` only: ``"zero"`` or ``"split"`` (the paper's upsampling), see
+            :mod:`shiftlab.layers.alias_free`.
     """
     if method not in METHODS:
         raise ShiftlabError(f"unknown conversion method {method!r}; choose one of {', '.join(METHODS)}")
     if not isinstance(model, nn.Module):
         raise ShiftlabError(f"convert needs an nn.Module, got {type(model).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ShiftlabError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    check_nyquist(nyquist)
+    if method == "alias-free" and (filter_size is not None or padding is not None):
+        raise ShiftlabError("filter_size and padding set the binomial blur of blurpool and aps; "
+                            "alias-free uses the ideal low-pass filter, so leave them out")
     original = model
     if not inplace:
         model = copy.deepcopy(model)
@@ -268,7 +386,9 @@ def convert(model: nn.Module, method: str, *, filter_size: int | None = None,
         check_filter_size(size)
     check_norm(norm)
     replaced: list[str] = []
-    if method == "circular":
+    if method == "alias-free":
+        model, replaced = _alias_free(model, activation, nyquist)
+    elif method == "circular":
         for name, m in list(model.named_modules()):
             new = _make_circular(m)
             if new is not None:

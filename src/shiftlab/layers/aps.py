@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from ..errors import ShiftlabError
 from .blurpool import BlurPool, check_stride
-from .padding import pad
+from .padding import int_mod
 from ..shapes import check_dims, check_maps, size_text
 
 NORMS = ("l2", "l1", "linf")
@@ -73,9 +73,14 @@ def check_norm(norm: str) -> str:
 
 
 def _extend(x: Tensor, stride: int) -> Tensor:
-    """Extend circularly at the end of every spatial axis to a multiple of ``stride``."""
-    pads = tuple(p for n in x.shape[2:] for p in (0, -n % stride))
-    return pad(x, pads, "circular") if any(pads) else x
+    """Extend circularly at the end of every spatial axis to a multiple of ``stride``.
+
+    Always by index (also when nothing is added), with no branch on the size: an ONNX
+    graph exported at an even size must also split odd ones."""
+    for axis in range(2, x.ndim):
+        n = x.shape[axis]
+        x = x.index_select(axis, int_mod(torch.arange((n + stride - 1) // stride * stride, device=x.device), n))
+    return x
 
 
 def polyphase_components(x: Tensor, stride: int) -> Tensor:
@@ -102,6 +107,12 @@ def component_norms(components: Tensor, norm: str = "l2") -> Tensor:
     return (a * a if norm == "l2" else a).sum(dim=2)
 
 
+def _take(comps: Tensor, phase: Tensor) -> Tensor:
+    """Component ``phase[n]`` of every sample ``n``: a gather with computed indices (no
+    check on the values, so it exports to ONNX)."""
+    return comps[torch.arange(comps.shape[0], device=comps.device), phase]
+
+
 def phase_downsample(x: Tensor, phase: Tensor, stride: int) -> Tensor:
     """Keep component ``phase[n]`` (an ``(N,)`` int tensor in ``[0, s^d)``) of every sample ``n``."""
     comps = polyphase_components(x, stride)
@@ -110,7 +121,7 @@ def phase_downsample(x: Tensor, phase: Tensor, stride: int) -> Tensor:
     if phase.shape != (x.shape[0],) or bool((phase < 0).any() | (phase >= count).any()):
         raise ShiftlabError(f"phase must be {x.shape[0]} indices in [0, {count}), "
                             f"got shape {tuple(phase.shape)}")
-    return comps[torch.arange(x.shape[0], device=x.device), phase]
+    return _take(comps, phase)
 
 
 def aps_downsample(x: Tensor, stride: int = 2, norm: str = "l2") -> tuple[Tensor, Tensor]:
@@ -120,7 +131,7 @@ def aps_downsample(x: Tensor, stride: int = 2, norm: str = "l2") -> tuple[Tensor
     """
     comps = polyphase_components(x, stride)
     phase = component_norms(comps, norm).argmax(dim=1)     # first maximum: lowest index wins
-    return comps[torch.arange(x.shape[0], device=x.device), phase], phase
+    return _take(comps, phase), phase
 
 
 class APS(nn.Module):
@@ -192,7 +203,7 @@ class APSShortcut(nn.Module):
                                 f"branch chose the phase on a {size_text(self.source.last_size)} "
                                 "map; both must have the same size")
         self.source.last_phase = None
-        return phase_downsample(x, phase, self.source.stride)
+        return _take(polyphase_components(x, self.source.stride), phase)   # APS made the phase
 
     def extra_repr(self) -> str:
         return f"stride={self.source.stride} (phase of the main branch)"

@@ -72,17 +72,25 @@ def _check_pads(padding, dims: int | None = None) -> tuple[int, ...]:
     return pads
 
 
+def int_mod(i: Tensor, n) -> Tensor:
+    """``i mod n`` (non-negative) for an int tensor ``i`` and an int or a symbolic size ``n``.
+
+    ``n`` enters as a 0-d tensor: the ONNX exporter cannot lower ``tensor % size`` when the
+    size is dynamic (a ``torch.export`` symbol), but lowers tensor-by-tensor ``Mod``.
+    """
+    return torch.remainder(i, torch.zeros((), dtype=i.dtype, device=i.device) + n)
+
+
 def source_indices(n: int, before: int, after: int, mode: str, device=None) -> Tensor:
     """Index into a length-``n`` axis for each of the ``before + n + after`` padded positions."""
     i = torch.arange(-before, n + after, device=device)
     if mode == "circular":
-        return i % n
+        return int_mod(i, n)
     if mode == "replicate":
         return i.clamp(0, n - 1)
-    if n == 1:                                           # reflect on one sample: itself
-        return torch.zeros_like(i)
-    period = 2 * (n - 1)
-    i = i % period
+    # reflect: the mirror with period 2(n − 1); one sample (period 0) reflects onto itself
+    period = torch.clamp(torch.zeros((), dtype=i.dtype, device=i.device) + 2 * (n - 1), min=1)
+    i = torch.remainder(i, period)
     return torch.where(i < n, i, period - i)
 
 

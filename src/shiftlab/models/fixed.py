@@ -11,6 +11,9 @@ baselines, so ``shiftlab train --model NAME`` trains them.
 ``resnet-small-blur``          resnet-small, strided convs (main and shortcut) → BlurConv
 ``resnet-small-aps``           resnet-small with circular convs; strided convs → APS, the
                                shortcut tied to its block's phase: exactly circular-invariant
+``lenet-wolf-maxpool-          circular 'same' convs, ReLUs → the paper's polynomial on the ×2
+alias-free``                   grid, pools → average + ideal downsampling, GAP head: exactly
+                               invariant to sub-pixel circular shifts (sides ÷ 4)
 =============================  ==================================================================
 
 "Exactly" holds when every APS finds a unique largest-norm component (ties have measure
@@ -25,7 +28,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..convert import convert
-from ..layers import APS, BlurPool
+from ..layers import APS, BlurPool, IdealDownsample
 from .geometry import Geometry, chain_geometry
 from .lenet import LeNetWolf
 from .registry import register_model
@@ -45,6 +48,8 @@ def geometry_path(modules) -> list[nn.Module]:
             path.append(nn.MaxPool2d(1, m.stride))
         elif hasattr(m, "source") and isinstance(m.source, APS):     # APSShortcut
             path.append(nn.MaxPool2d(1, m.source.stride))
+        elif isinstance(m, IdealDownsample):     # stride s; its ideal filter spans the map
+            path.append(nn.MaxPool2d(1, m.stride))
         elif any(True for _ in m.children()):
             path += geometry_path(m.children())
         else:
@@ -118,6 +123,13 @@ def lenet_wolf_maxpool_aps(in_channels: int = 1, num_classes: int = 10) -> LeNet
     """Circular lenet-wolf-maxpool with APS pools and a GAP head: exactly circular-invariant."""
     return _fixed(FixedLeNetWolf(in_channels, num_classes, padding="circular", pool_after=(0, 1),
                                  head="gap"), "aps")
+
+
+@register_model
+def lenet_wolf_maxpool_alias_free(in_channels: int = 1, num_classes: int = 10) -> LeNetWolf:
+    """Circular lenet-wolf-maxpool made alias-free (polynomial activations), GAP head."""
+    return _fixed(FixedLeNetWolf(in_channels, num_classes, padding="circular", pool_after=(0, 1),
+                                 head="gap"), "alias-free")
 
 
 @register_model
