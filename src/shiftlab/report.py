@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .errors import ShiftlabError
 from .experiments.base import ExperimentResult
-from .fmt import MISSING, cell, pct
+from .fmt import MISSING, cell, pct, points
 from .io import write_text_atomic
 from .result import AuditResult
 from .typed_json import read_json
@@ -196,13 +196,16 @@ def _common(values) -> str | None:
 
 # ----------------------------------------------------------------------------- sections
 HEADLINE = (("clean", "clean_accuracy", pct), ("worst-case", "worst_case_accuracy", pct),
-            ("consistency", "consistency", pct), ("flip rate", "flip_rate", pct),
+            ("gap, integer", "gap_integer", points), ("gap, ½ px", "gap_half_pixel", points),
+            ("consistency", "consistency", pct), ("½-px consistency", "half_pixel_consistency", pct),
+            ("flip rate", "flip_rate", pct),
             ("MAC", "mean_abs_change", lambda v: MISSING if v is None else f"{v:.3f}"))
 
 
 def _overview(found: ResultsFolder) -> dict:
     """One headline row per model: test accuracy, then per protocol that ran the clean and
-    worst-case accuracy, consistency, flip rate and MAC."""
+    worst-case accuracy, the worst-case gap over integer and half-pixel shifts (in points),
+    consistency and half-pixel consistency, flip rate and MAC."""
     from .viz.plots import by_model, draw_model_bars
 
     table = by_model(found.audits) if found.audits else {}
@@ -232,6 +235,11 @@ def _overview(found: ResultsFolder) -> dict:
     elif any(r.invariance.clean_accuracy is None for r in found.audits.values()):
         notes.append("Accuracies are blank (–) for audits of unlabelled data, such as audit's "
                      "default synthetic:256; audit labelled data (e.g. --data mnist) to get them.")
+    if any(r.invariance.gap_integer is not None and r.invariance.gap_half_pixel is None
+           and r.provenance.protocol in ("circular", "fractional") for r in found.audits.values()):
+        notes.append("The half-pixel gap and consistency are blank (–) for audits run without "
+                     "half-pixel shifts; add --half-pixel to a circular or fractional audit to "
+                     "get them.")
     if found.audits and not found.test_accuracy:
         notes.append("No training records were found (models/NAME/train.json), so the test "
                      "accuracy column is empty.")
@@ -493,7 +501,10 @@ TEMPLATE = """<!DOCTYPE html>
   <p class="lead">Each model saw every test image at every shift of a grid. <em>Clean</em>: accuracy on the unshifted images;
   <em>worst-case</em>: an image counts as correct only if it is correct at every shift; <em>consistency</em>: how often two random shifts
   of an image get the same label; <em>flip rate</em>: how often the label changes after a one-pixel step; <em>MAC</em>: the mean absolute change
-  of the probability of the earlier step's class over such a step (Azulay &amp; Weiss 2019). The gap between clean and worst-case accuracy is what this report is about.</p>
+  of the probability of the earlier step's class over such a step (Azulay &amp; Weiss 2019). The gap between clean and worst-case accuracy is what this report is about:
+  <em>gap</em> is clean minus worst-case accuracy in percentage points, over the integer shifts of the grid and over the half-pixel lattice around it
+  (band-limited circular shifts by multiples of ½ pixel, integer ones included); <em>½-px consistency</em>: how often the unshifted image and the image shifted by
+  a random whole number plus ½ pixel per axis get the same label (Michaeli, Michaeli &amp; Soudry 2023).</p>
   {% for note in overview.notes %}<p class="note">{{ note }}</p>{% endfor %}
   {% if overview.rows %}
   <div class="scroll"><table class="headline">
