@@ -4,12 +4,16 @@ Per demo model (:data:`shiftlab.demo.RUNS`, weights from ``weights/NAME/``):
 
 * MNIST test accuracy (the canvas audit's clean accuracy: the unshifted digits);
 * consistency under circular shifts (random pairs in [−14, 14)², the audit's default for
-  28×28 images; the grid is only the zero shift, since the table needs no circular grid);
-* consistency, flip rate, and mean / worst-case accuracy over the canvas grid ``-4:4``
-  (81 shifts; pairs in [−4, 4]²).
+  28×28 images) and half-pixel consistency (the unshifted digit against a shift by a
+  random whole number plus ½ pixel per axis in the same range);
+* the worst-case gap (clean minus worst-case accuracy, in points) over the circular grid
+  ``-2:2`` (25 integer shifts) and over the half-pixel lattice ``{-2, -1.5, …, 2}²`` around
+  it (81 shifts);
+* consistency, flip rate, mean / worst-case accuracy and the gap over the canvas grid
+  ``-4:4`` (81 shifts; pairs in [−4, 4]²).
 
 Cost: about ``images × (81 + 2·pairs)`` forwards per model on the canvas and
-``images × (1 + 2·pairs)`` under circular shifts. Only the output is probed (``layers=[]``):
+``images × (81 + 3·pairs)`` under circular shifts. Only the output is probed (``layers=[]``):
 the table needs no per-layer errors, and probing every layer costs 20–40 % more.
 ``--estimate`` times each model on a few hundred digits and prints the expected total
 without running the rest.
@@ -33,6 +37,7 @@ from shiftlab.demo import RUNS
 from shiftlab.models.pretrained import load_pretrained, provenance
 
 CANVAS_GRID = "-4:4"
+CIRCULAR_GRID = "-2:2"
 PAIRS = 5
 
 
@@ -42,12 +47,16 @@ def measure(name: str, x, y, layers, seed: int) -> dict:
     start = time.perf_counter()
     canvas = audit(model, (x, y), protocol="canvas", shifts=CANVAS_GRID, pairs=PAIRS, layers=layers,
                    seed=seed, name=name)
-    circular = audit(model, (x, y), protocol="circular", shifts="0:0", pairs=PAIRS, layers=layers,
-                     seed=seed, name=name)
+    circular = audit(model, (x, y), protocol="circular", shifts=CIRCULAR_GRID, pairs=PAIRS,
+                     layers=layers, seed=seed, name=name, half_pixel=True)
     inv = canvas.invariance
     return {"model": name, "images": len(x),
             "test_accuracy": inv.clean_accuracy,
             "consistency_circular": circular.invariance.consistency,
+            "half_pixel_consistency": circular.invariance.half_pixel_consistency,
+            "gap_integer_circular": circular.invariance.gap_integer,
+            "gap_half_pixel_circular": circular.invariance.gap_half_pixel,
+            "gap_canvas": inv.gap_integer,
             "circular_pair_range": circular.provenance.pair_range,
             "consistency_canvas": inv.consistency,
             "canvas_pair_range": canvas.provenance.pair_range,
@@ -63,13 +72,22 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f} %"
 
 
+def pt(v: float) -> str:
+    return f"{100 * v:.1f} pt"
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | MNIST test acc. | consistency circular / canvas | flip rate (canvas) "
-             "| mean / worst-case acc. over the canvas grid |", "|---|---|---|---|---|"]
+    lines = ["| model | MNIST test acc. | consistency circular / half-pixel / canvas "
+             "| gap circular integer / half-pixel | flip rate (canvas) "
+             "| mean / worst-case acc. over the canvas grid | gap canvas |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['model']}` | {pct(r['test_accuracy'])} | {pct(r['consistency_circular'])} / "
-                     f"{pct(r['consistency_canvas'])} | {pct(r['flip_rate_canvas'])} | "
-                     f"{pct(r['mean_accuracy_canvas'])} / {pct(r['worst_case_accuracy_canvas'])} |")
+                     f"{pct(r['half_pixel_consistency'])} / {pct(r['consistency_canvas'])} | "
+                     f"{pt(r['gap_integer_circular'])} / {pt(r['gap_half_pixel_circular'])} | "
+                     f"{pct(r['flip_rate_canvas'])} | "
+                     f"{pct(r['mean_accuracy_canvas'])} / {pct(r['worst_case_accuracy_canvas'])} | "
+                     f"{pt(r['gap_canvas'])} |")
     return "\n".join(lines)
 
 
@@ -107,7 +125,8 @@ def main() -> None:
         print(f"{name}: {r['seconds']:.0f} s, {r['forwards']:,} forwards", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"images": len(x), "canvas_grid": CANVAS_GRID, "pairs_per_image": PAIRS,
+    out.write_text(json.dumps({"images": len(x), "canvas_grid": CANVAS_GRID,
+                               "circular_grid": CIRCULAR_GRID, "pairs_per_image": PAIRS,
                                "layers": "default" if layers is None else "output only",
                                "torch_threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")
     print(f"\n{markdown(rows)}\n\nwrote {out}")

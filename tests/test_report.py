@@ -43,8 +43,8 @@ def make_results(folder: Path) -> Path:
     for name, protocols in (("lenet-wolf", ("circular", "canvas")), ("conv-maxpool", ("circular",))):
         model = create_model(name)
         for protocol in protocols:
-            audit(model, (images, labels), protocol=protocol, shifts="-2:2", name=name, pairs=2) \
-                .to_json(folder / f"audit-{name}-{protocol}.json")
+            audit(model, (images, labels), protocol=protocol, shifts="-2:2", name=name, pairs=2,
+                  half_pixel=protocol == "circular").to_json(folder / f"audit-{name}-{protocol}.json")
     models = folder / "models" / "lenet-wolf"
     write_text_atomic(models / "train.json", '{"config": {}, "test_accuracy": 0.987, "test_images": 10000}\n')
     lenet = create_model("lenet-wolf", input_size=CANVAS).eval()
@@ -331,18 +331,27 @@ def _block(page: str, start: str, end: str = "</section>") -> str:
 @pytest.mark.slow                      # uses the shared results folder
 def test_overview_has_one_headline_row_per_model_and_protocol(results, report):
     import json
-    from shiftlab.fmt import pct
+    from shiftlab.fmt import pct, points
     row = _block(report, "<tr><td>lenet-wolf</td>", "</tr>")
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
     expected = ["lenet-wolf", "98.7 %"]
     for protocol in ("canvas", "circular"):                        # protocols in name order
         inv = json.loads((results / f"audit-lenet-wolf-{protocol}.json").read_text())["invariance"]
-        expected += [pct(inv["clean_accuracy"]), pct(inv["worst_case_accuracy"]), pct(inv["consistency"]),
+        half = protocol == "circular"             # audited with half-pixel shifts (make_results)
+        gap = f"{100 * inv['gap_integer']:.1f} / {points(inv['gap_half_pixel'])}" if half \
+            else points(inv["gap_integer"])
+        expected += [pct(inv["clean_accuracy"]), pct(inv["worst_case_accuracy"]), gap,
+                     pct(inv["consistency"]), *([pct(inv["half_pixel_consistency"])] if half else []),
                      pct(inv["flip_rate"]), f"{inv['mean_abs_change']:.3f}"]
     assert cells == expected
+    assert cells[4].endswith(" pt") and " / " not in cells[4]           # canvas: integer gap only
+    assert re.fullmatch(r"\d+\.\d / \d+\.\d pt", cells[10])           # circular: integer / half-pixel
     assert report.count("<tr><td>lenet-wolf</td>") == 1 and report.count("<tr><td>conv-maxpool</td>") == 1
     head = _block(report, '<table class="headline">', "</table>")
     assert "canvas shifts<small>shifts -2:2, 8 images</small>" in head and "10,000 test images" in head
+    assert head.count("gap, points<small>integer shifts</small>") == 1           # canvas
+    assert head.count("gap, points<small>integer / ½ px</small>") == 1          # circular
+    assert head.count("½-px consistency") == 1
 
 
 @pytest.mark.slow                      # uses the shared results folder

@@ -7,7 +7,13 @@ at most ``batch_size`` rows:
 2. every non-zero shift of the grid, for the per-layer equivariance error (the one
    comparison of :mod:`shiftlab.law`), the grid accuracy, the flip rate and the
    translation-sensitivity map;
-3. ``pairs`` random shift pairs per image, for consistency.
+3. ``pairs`` random shift pairs per image, for consistency;
+4. with ``half_pixel``, output only: the half-pixel lattice around the grid and ``pairs``
+   half-pixel shifts per image (band-limited Fourier shifts), for the worst-case shift gap
+   and half-pixel consistency of Michaeli, Michaeli & Soudry (CVPR 2023).
+
+The worst-case shift gap is clean accuracy minus worst-case accuracy over a set of shifts:
+over the grid's integer shifts (always, from step 2) and over the half-pixel lattice (4.).
 
 Memory is bounded by the batch size, not the dataset: nothing but metric state outlives
 a batch. Random pairs are a pure function of (seed, image index), so the numbers do not
@@ -32,18 +38,20 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .actions import ShiftAction, make_action, spatial_rank
+from .actions import FractionalShift, ShiftAction, make_action, spatial_rank
 from .data.preprocess import normalization, normalization_record, normalize
 from .device import AMP, autocast, check_amp, device_name, ieee_float32
 from .shapes import check_model_fits
 from .errors import ShiftlabError, check_seed
 from .law import Alignment, LayerGeometry, alignments, compare, layer_geometries
-from .metrics import Consistency, EquivarianceError, GridStability, SensitivityMap, masked_sq_norms
+from .metrics import (Consistency, EquivarianceError, GridStability, SensitivityMap, WorstCase,
+                      masked_sq_norms)
 from .probe import OUTPUT, LayerInfo, Probe, infer_layers, resolve_layers
 from .result import AuditResult, InvarianceResult, LayerResult, Provenance
 from .shifts import ShiftSet
 
-__all__ = ["audit", "AuditConfig", "iter_batches", "pair_shifts", "TOLERANCE", "MAX_PAIRS"]
+__all__ = ["audit", "AuditConfig", "iter_batches", "pair_shifts", "half_pixel_lattice",
+           "TOLERANCE", "MAX_PAIRS"]
 
 #: Relative errors below this count as exact (float rounding only), by the dtype the layers
 #: compute in: 1e-5 for float32, 1e-10 for float64, and ten units of rounding (10·eps) for
@@ -87,6 +95,10 @@ class AuditConfig:
     amp: str | None = None           # autocast the forward passes: "bf16" | "fp16"; None: off
     shard: bool = True               # in a torch.distributed group: audit this rank's shard and
                                      # merge (every rank must call); False: all data, alone
+    half_pixel: bool = False         # circular / fractional classifiers: also pass the half-pixel
+                                     # lattice around the grid and `pairs` half-pixel shifts per
+                                     # image through the model (output only) for the half-pixel
+                                     # worst-case gap and consistency
 
     def check(self) -> "AuditConfig":
         """One-line errors for options that cannot work, before any model runs."""
@@ -103,7 +115,11 @@ class AuditConfig:
         check_seed(self.seed)
         if self.amp is not None and self.amp not in AMP:
             raise ShiftlabError(f"unknown amp {self.amp!r}; use one of {', '.join(AMP)} (or None)")
-        self.action()
+        action = self.action()
+        if self.half_pixel and not action.circular:
+            raise ShiftlabError(f"half-pixel shifts are band-limited circular shifts; the "
+                                f"'{self.protocol}' protocol has none: use --protocol circular "
+                                "or fractional, or drop --half-pixel")
         return dataclasses.replace(self, normalize=normalization(self.normalize))
 
     def action(self) -> ShiftAction:
@@ -220,6 +236,45 @@ def pair_shifts(seed: int, start: int, n: int, pairs: int, low, high,
     return torch.from_numpy(values)
 
 
+#: The random stream of the half-pixel pairs (ASCII "HALF"), apart from the integer pairs'.
+HALF_PIXEL_STREAM = 0x48414C46
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """A seed for another independent stream of :func:`pair_shifts` draws from ``seed``."""
+    with np.errstate(over="ignore"):
+        return int(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(stream)))
+
+
+def half_pixel_lattice(shifts: Tensor) -> Tensor:
+    """The half-pixel lattice around a shift set ``(K, rank)``: per axis every multiple of ½
+    from the smallest to the largest shift on that axis (0 always included), all
+    combinations, ``(L, rank)`` float64 with the last axis fastest. It holds every integer
+    point of that box, so a worst case over it is at most the worst case over those.
+
+    >>> half_pixel_lattice(torch.tensor([[0.0, -1.0], [0.0, 1.0]])).tolist()
+    [[0.0, -1.0], [0.0, -0.5], [0.0, 0.0], [0.0, 0.5], [0.0, 1.0]]
+    """
+    axes = []
+    for a in range(shifts.shape[1]):
+        lo = min(0, math.floor(2 * float(shifts[:, a].min())))           # in half pixels
+        hi = max(0, math.ceil(2 * float(shifts[:, a].max())))
+        axes.append(torch.arange(lo, hi + 1, dtype=torch.float64) / 2)
+    return torch.cartesian_prod(*axes).reshape(-1, len(axes))
+
+
+def _lattice_words(lattice: Tensor) -> str:
+    """``{-4, -3.5, …, 4} per axis`` (or per named axis when they differ)."""
+    names = {1: ["t"], 2: ["y", "x"], 3: ["z", "y", "x"]}[lattice.shape[1]]
+    spans = [(float(lattice[:, a].min()), float(lattice[:, a].max())) for a in range(lattice.shape[1])]
+
+    def span(lo, hi):
+        return f"{{{lo:g}}}" if lo == hi else f"{{{lo:g}, {lo + 0.5:g}, …, {hi:g}}}"
+    if len(set(spans)) == 1:
+        return f"{span(*spans[0])} per axis"
+    return ", ".join(f"{n} in {span(*sp)}" for n, sp in zip(names, spans))
+
+
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class _Layer:
@@ -327,6 +382,7 @@ class _Engine:
         self.action = config.action()
         self.layers: list[_Layer] = []
         self.stability = self.consistency = None
+        self.integer_worst = self.half_worst = self.half_consistency = None   # the gap (classifiers)
         self.n_images = self.forwards = self.clean_hits = self.clean_labelled = 0
         self.sample_shape: tuple[int, ...] | None = None
         self.data_records: list[dict] = []    # what the data said about itself (folder streams)
@@ -385,9 +441,58 @@ class _Engine:
         if self.classifier:
             self.stability = GridStability(len(self.grid), self.grid.neighbours())
             self.consistency = Consistency()
+            self._setup_gap()
+        if cfg.half_pixel:
+            self._setup_half_pixel(size, infos[-1].shape)
         self.sample_shape = tuple(x.shape[1:])
         self.probe = Probe(self.model, self.names,
                            clone=[i.name for i in infos if i.overwritten]).__enter__()
+
+    def _setup_gap(self) -> None:
+        """The worst case over integer shifts: the unshifted input and the grid's integer shifts."""
+        on_integers = (self.shifts == self.shifts.round()).all(dim=1)
+        if self.zero is not None:
+            on_integers[self.zero] = False                   # the unshifted input is counted once
+        self.integer_grid = torch.nonzero(on_integers).flatten()
+        self.integer_worst = WorstCase()
+        self.integer_words = (f"right unshifted and at all {len(self.integer_grid)} non-zero "
+                              f"integer shifts of the {self.action.name} grid"
+                              if len(self.integer_grid) else
+                              "right unshifted (the grid has no non-zero integer shift)")
+
+    def _setup_half_pixel(self, size: tuple[int, ...], output_shape: list[int]) -> None:
+        """The half-pixel lattice around the grid, minus what the grid already passes, and
+        the half-pixel pairs' range; both checked against the input size."""
+        if not self.classifier:
+            raise ShiftlabError(f"half-pixel worst case and consistency compare class predictions; "
+                                f"this model's output per input is {'x'.join(map(str, output_shape))}, "
+                                "not a vector of class scores: drop --half-pixel")
+        self.half_action = FractionalShift()
+        lattice = half_pixel_lattice(self.shifts)
+        low = [math.floor(v) + 0.5 for v in self.pair_rule.low]
+        high = [math.ceil(v) - 0.5 for v in self.pair_rule.high]
+        for what, shifts in (("half-pixel lattice", lattice),
+                             ("half-pixel pairs", torch.tensor([low, high], dtype=torch.float64))):
+            try:
+                self.half_action.check_shifts(size, shifts)
+            except ShiftlabError as err:
+                raise ShiftlabError(f"{what}: {err}") from None
+        grid_index = {tuple(v): k for k, v in enumerate(self.shifts.tolist())}
+        points = lattice.tolist()
+        self.half_grid = torch.tensor([grid_index[tuple(v)] for v in points
+                                       if tuple(v) in grid_index and any(v)], dtype=torch.int64)
+        self.half_extra = lattice[[tuple(v) not in grid_index and any(v) for v in points]]
+        self.half_seed = stream_seed(self.config.seed, HALF_PIXEL_STREAM)
+        self.half_worst, self.half_consistency = WorstCase(), Consistency()
+        self.half_words = (f"right at all {len(lattice)} shifts of the half-pixel lattice "
+                           f"{_lattice_words(lattice)} (integer ones and the unshifted input "
+                           "included; band-limited Fourier circular shifts)")
+        lo, hi = self.pair_rule.low, self.pair_rule.high
+        r = (f"[{lo[0]:g}, {hi[0]:g})" if len(set(lo)) == 1 and len(set(hi)) == 1 else
+             " x ".join(f"[{a:g}, {b:g})" for a, b in zip(lo, hi)))
+        self.half_rule = ("P[ŷ(x) = ŷ(T_δ x)]: the unshifted input against δ = s + ½ per axis, s an "
+                          f"integer uniform in {r} per axis, a band-limited Fourier circular shift "
+                          "(Michaeli et al. 2023, shift_eval.py, random shifts with up=2)")
 
     def close(self) -> None:
         if self.probe is not None:
@@ -414,7 +519,8 @@ class _Engine:
         for mine, theirs in zip(self.layers, other.layers):
             if mine.metric is not None:
                 mine.metric.merge(theirs.metric)
-        for name in ("sensitivity", "stability", "consistency"):
+        for name in ("sensitivity", "stability", "consistency", "integer_worst", "half_worst",
+                     "half_consistency"):
             if getattr(self, name) is not None:
                 getattr(self, name).merge(getattr(other, name))
         for name in ("n_images", "forwards", "clean_hits", "clean_labelled"):
@@ -438,6 +544,13 @@ class _Engine:
         low = (torch.float16, torch.bfloat16)
         return {k: v.to(device="cpu" if v.device.type == "mps" else v.device,
                         dtype=torch.float32 if v.dtype in low else v.dtype) for k, v in feats.items()}
+
+    def _predict(self, x: Tensor) -> Tensor:
+        """Top-1 classes of the (shifted) inputs ``x``, on the CPU: the output only."""
+        norm = self.config.normalize
+        with autocast(x.device, self.amp):
+            out = self.probe(x if norm is None else normalize(x, norm))[OUTPUT]
+        return out.argmax(-1).cpu()
 
     # --- one batch ---------------------------------------------------------------------
     def _update_layers(self, feats: dict[str, Tensor], ref: dict[str, Tensor],
@@ -522,6 +635,8 @@ class _Engine:
                 if self.classifier and hi > n_grid_rows:
                     p_lo = max(lo, n_grid_rows) - n_grid_rows
                     pair_pred[p_lo:hi - n_grid_rows] = feats[OUTPUT][n_on_grid:].argmax(-1).cpu()
+            if self.classifier:
+                self._worst_cases(x, y, start, ref[OUTPUT].argmax(-1).cpu(), grid_logits.argmax(-1).cpu())
 
         if self.classifier:
             if self.zero is not None or k_grid:
@@ -533,6 +648,40 @@ class _Engine:
                 self.clean_hits += int((ref[OUTPUT].argmax(-1).cpu() == y.cpu()).sum())
                 self.clean_labelled += n
         self.n_images += n
+
+    def _worst_cases(self, x: Tensor, y: Tensor | None, start: int, clean: Tensor,
+                     grid: Tensor) -> None:
+        """Fold in the worst cases over integer shifts and (``half_pixel``) over the half-pixel
+        lattice, and half-pixel consistency. ``clean``: top-1 classes ``(N,)`` unshifted;
+        ``grid``: ``(K, N)`` at the grid's shifts. Lattice points off the grid and the
+        half-pixel pairs get their own forward passes (output only)."""
+        cfg, n, rank = self.config, len(x), self.shifts.shape[1]
+        if y is not None:
+            y = y.cpu()
+            clean_hit = (clean == y)[None]
+            self.integer_worst.update(torch.cat([clean_hit, grid[self.integer_grid] == y]))
+        if self.half_worst is None:
+            return
+        rows = [self.half_extra.repeat_interleave(n, 0)] if y is not None else []
+        n_lattice = len(rows[0]) if rows else 0
+        if cfg.pairs:
+            s = pair_shifts(self.half_seed, start, n, cfg.pairs, self.pair_rule.low,
+                            self.pair_rule.high, integer=True, rank=rank)[:cfg.pairs]
+            rows.append((s + 0.5).reshape(-1, rank))              # pair-major: (pairs·N, rank)
+        shifts = torch.cat(rows) if rows else torch.zeros(0, rank, dtype=torch.float64)
+        image = torch.arange(n).repeat(len(shifts) // n)
+        pred = torch.empty(len(shifts), dtype=torch.int64)
+        for lo in range(0, len(shifts), cfg.batch_size):
+            hi = min(lo + cfg.batch_size, len(shifts))
+            moved = self.half_action(x[image[lo:hi].to(x.device)], shifts[lo:hi].to(x.device))
+            pred[lo:hi] = self._predict(moved)
+        self.forwards += len(shifts)
+        if y is not None:
+            self.half_worst.update(torch.cat([clean_hit, grid[self.half_grid] == y,
+                                              pred[:n_lattice].reshape(-1, n) == y]))
+        if cfg.pairs:
+            self.half_consistency.update(clean.expand(cfg.pairs, n),
+                                         pred[n_lattice:].reshape(cfg.pairs, n))
 
     # --- the result --------------------------------------------------------------------
     def layer_results(self) -> list[LayerResult]:
@@ -587,6 +736,18 @@ class _Engine:
             inv.consistency, inv.pairs = c["consistency"], c["pairs"]
         if self.clean_labelled:
             inv.clean_accuracy = self.clean_hits / self.clean_labelled
+        for metric, gap, worst, words in (
+                (self.integer_worst, "gap_integer", "integer_worst_case_accuracy", "integer_words"),
+                (self.half_worst, "gap_half_pixel", "half_pixel_worst_case_accuracy", "half_words")):
+            w = metric.compute() if metric is not None else {"labelled": 0}
+            if w["labelled"]:                   # the same labelled images as clean_accuracy
+                setattr(inv, worst, w["worst_case_accuracy"])
+                setattr(inv, gap, (self.clean_hits - w["robust"]) / self.clean_labelled)
+                setattr(inv, f"{gap}_shifts", getattr(self, words))
+        if self.half_consistency is not None:
+            c = self.half_consistency.compute()
+            inv.half_pixel_consistency, inv.half_pixel_pairs = c["consistency"], c["pairs"]
+            inv.half_pixel_consistency_rule = self.half_rule if c["pairs"] else None
         sens = self.sensitivity.compute()
         inv.sensitivity_layer = self.config.sensitivity_layer
         inv.sensitivity, inv.sensitivity_radius, inv.sensitivity_radial = \

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "activations, blocks); see `shiftlab layers`")
     p.add_argument("--pairs", type=int, default=5, help="random shift pairs per image for consistency")
     p.add_argument("--pair-range", type=float, help="consistency shifts in [-R, R)")
+    p.add_argument("--half-pixel", action="store_true",
+                   help="circular/fractional classifiers: also the worst-case gap over the "
+                        "half-pixel lattice around the grid and half-pixel consistency "
+                        "(output only; about 2-3x the audit's time)")
     p.add_argument("--margin", type=int, default=0, help="ignore feature positions this close to a border")
     p.add_argument("--fill", type=float, default=0.0, help="canvas background value")
     p.add_argument("--crop", type=_size, help="crop window HxW for --protocol crop")
@@ -343,7 +347,8 @@ def cmd_audit(args) -> None:
         pair_range=args.pair_range, margin=args.margin, fill=args.fill, crop=args.crop,
         crop_offsets=args.crop_offsets, batch_size=args.batch_size, seed=args.seed,
         sensitivity_layer=args.sensitivity_layer, name=args.model, normalize=args.normalize,
-        amp=args.amp, progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
+        amp=args.amp, half_pixel=args.half_pixel,
+        progress=not args.quiet and sys.stderr.isatty()).check()     # before any work
     from . import distributed
     from .device import check_amp
     # under torchrun: join the group; rank 0 alone prints and writes (see shiftlab.distributed)

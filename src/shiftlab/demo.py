@@ -12,7 +12,8 @@ Steps (each prints one progress line, with its time):
    matching by name and shape) and are fine-tuned, the way a user fixes a trained model:
    convert, then train briefly.
 2. **audit** each model on MNIST test digits under circular and canvas shifts
-   → ``out/audit-NAME-PROTOCOL.json``.
+   → ``out/audit-NAME-PROTOCOL.json``; the circular audit adds half-pixel shifts, so the
+   report's overview shows every model's worst-case gap over integer and half-pixel shifts.
 3. **animate** Wolf's sliding digit on a 38×38 canvas through ``lenet-wolf`` with and
    without shift augmentation (their trained weights in ``lenet-wolf-sliding``, whose
    linear head slides over the canvas) → ``out/animation-NAME.gif``, and precompute the
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .experiments import EXPERIMENTS
-from .fmt import pct
+from .fmt import pct, points
 from .models.pretrained import PRETRAINED
 
 
@@ -173,14 +174,17 @@ def audit_runs(out: Path, settings: DemoSettings) -> dict[str, Path]:
         for protocol in ("circular", "canvas"):
             start = time.perf_counter()
             result = audit(model, (x, y), protocol=protocol, shifts=settings.audit_shifts,
-                           seed=settings.seed, name=run.name)
+                           seed=settings.seed, name=run.name, half_pixel=protocol == "circular")
             path = result.to_json(out / f"audit-{run.name}-{protocol}.json")
             written[f"{run.name}-{protocol}"] = path
             inv = result.invariance
             _say(f"audit {i}/{len(settings.runs)}",
                  f"{run.name}, {protocol} shifts {settings.audit_shifts}: consistency "
                  f"{pct(inv.consistency)}, flip rate {pct(inv.flip_rate)}, worst-case accuracy "
-                 f"{pct(inv.worst_case_accuracy)} ({time.perf_counter() - start:.0f} s) -> {path}")
+                 f"{pct(inv.worst_case_accuracy)}, gap {points(inv.gap_integer)} integer"
+                 + (f" / {points(inv.gap_half_pixel)} half-pixel, half-pixel consistency "
+                    f"{pct(inv.half_pixel_consistency)}" if inv.gap_half_pixel is not None else "")
+                 + f" ({time.perf_counter() - start:.0f} s) -> {path}")
     return written
 
 

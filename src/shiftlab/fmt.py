@@ -3,8 +3,8 @@
 The terminal (``ExperimentResult.table``) and the HTML report format values the same way.
 A missing value (``None``) is shown as an en dash.
 
->>> pct(0.1234), pct(None), number(2 / 3), cell(True)
-('12.3 %', '–', '0.6667', 'yes')
+>>> pct(0.1234), pct(None), number(2 / 3), cell(True), points(0.0713)
+('12.3 %', '–', '0.6667', 'yes', '7.1 pt')
 >>> print(text_table([["a", 1.5], ["bb", None]], ["name", "value"]))
 name  value
 ----  -----
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["MISSING", "pct", "number", "cell", "text_table"]
+__all__ = ["MISSING", "pct", "points", "number", "cell", "text_table"]
 
 MISSING = "–"
 
@@ -23,6 +23,11 @@ MISSING = "–"
 def pct(value: float | None) -> str:
     """A fraction as a percentage with one decimal: ``0.1234 -> "12.3 %"``."""
     return MISSING if value is None else f"{100 * value:.1f} %"
+
+
+def points(value: float | None) -> str:
+    """A difference of two fractions in percentage points: ``0.0713 -> "7.1 pt"``."""
+    return MISSING if value is None else f"{100 * value:.1f} pt"
 
 
 def number(value: float | None) -> str:

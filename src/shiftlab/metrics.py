@@ -12,6 +12,8 @@ Notation: ``f`` = softmax output, ``ŷ = argmax f``, ``T_δ`` a shift, ``φ_l`` 
   ``P[ŷ(x_j) ≠ ŷ(x_{j−1})]`` and the mean absolute change (MAC)
   ``|f_c(x_j) − f_c(x_{j−1})|`` of the probability of the earlier step's top-1 class
   ``c = ŷ(x_{j−1})`` over consecutive grid steps (Azulay & Weiss 2019).
+* :class:`WorstCase` — ``P[ŷ(T_δ x) = y for every δ in a set]``, the worst-case (adversarial
+  shift) accuracy of Michaeli, Michaeli & Soudry (CVPR 2023) over any set of shifts.
 * :class:`SensitivityMap` — mean normalised distance ``‖r(T_δ x) − r(x)‖ / ‖r(x)‖`` per shift
   and its radial average over ``|δ|`` (Kauderer-Abrams 2017).
 
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["StreamingMetric", "EquivarianceError", "Consistency", "GridStability",
-           "SensitivityMap", "masked_sq_norms", "consistency", "flip_rate"]
+           "SensitivityMap", "WorstCase", "masked_sq_norms", "consistency", "flip_rate"]
 
 _F64 = torch.float64
 
@@ -242,6 +244,37 @@ class GridStability(StreamingMetric):
                        true_class_prob=(self.true_prob / n).tolist(),
                        worst_case_accuracy=int(self.correct_everywhere) / n)
         return out
+
+
+class WorstCase(StreamingMetric):
+    """Worst-case accuracy over a set of shifts: the fraction of labelled images classified
+    correctly at *every* shift of the set (Michaeli, Michaeli & Soudry, CVPR 2023, "Alias-free
+    convnets", their ``shift_eval.py``: ``robust_shift &= correct_shift`` over the shifts).
+
+    .. math:: \\mathrm{wc} = \\frac{1}{N} Σ_i \\prod_{δ ∈ S} [ŷ(T_δ x_i) = y_i]
+
+    >>> m = WorstCase()
+    >>> m.update(torch.tensor([[True, True, False], [True, False, False]]))
+    >>> m.compute()
+    {'worst_case_accuracy': 0.3333333333333333, 'robust': 1, 'labelled': 3}
+    """
+
+    higher_is_better = True
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("robust", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("labelled", torch.zeros((), dtype=torch.int64), "sum")
+
+    def update(self, hits: Tensor) -> None:
+        """``hits``: ``(K, N)`` bool, image n classified correctly at shift k of the set."""
+        self.robust += int(hits.all(0).sum())
+        self.labelled += hits.shape[1]
+
+    def compute(self) -> dict:
+        n = int(self.labelled)
+        return {"worst_case_accuracy": int(self.robust) / n if n else None,
+                "robust": int(self.robust), "labelled": n}
 
 
 class SensitivityMap(StreamingMetric):

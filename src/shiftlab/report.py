@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .errors import ShiftlabError
 from .experiments.base import ExperimentResult
-from .fmt import MISSING, cell, pct
+from .fmt import MISSING, cell, pct, points
 from .io import write_text_atomic
 from .result import AuditResult
 from .typed_json import read_json
@@ -195,14 +195,25 @@ def _common(values) -> str | None:
 
 
 # ----------------------------------------------------------------------------- sections
-HEADLINE = (("clean", "clean_accuracy", pct), ("worst-case", "worst_case_accuracy", pct),
-            ("consistency", "consistency", pct), ("flip rate", "flip_rate", pct),
-            ("MAC", "mean_abs_change", lambda v: MISSING if v is None else f"{v:.3f}"))
+def _gap(inv) -> str:
+    """The worst-case gap in points: ``integer / half-pixel`` when both were measured."""
+    if inv.gap_half_pixel is None:
+        return points(inv.gap_integer)
+    return f"{100 * inv.gap_integer:.1f} / {points(inv.gap_half_pixel)}"
+
+
+HEADLINE = (("clean", lambda i: pct(i.clean_accuracy)), ("worst-case", lambda i: pct(i.worst_case_accuracy)),
+            ("gap", _gap), ("consistency", lambda i: pct(i.consistency)),
+            ("½-px consistency", lambda i: pct(i.half_pixel_consistency)),
+            ("flip rate", lambda i: pct(i.flip_rate)),
+            ("MAC", lambda i: MISSING if i.mean_abs_change is None else f"{i.mean_abs_change:.3f}"))
+HALF_PIXEL_ONLY = ("½-px consistency",)     # columns of protocol groups with half-pixel shifts
 
 
 def _overview(found: ResultsFolder) -> dict:
     """One headline row per model: test accuracy, then per protocol that ran the clean and
-    worst-case accuracy, consistency, flip rate and MAC."""
+    worst-case accuracy, the worst-case gap over integer and half-pixel shifts (in points),
+    consistency and half-pixel consistency, flip rate and MAC."""
     from .viz.plots import by_model, draw_model_bars
 
     table = by_model(found.audits) if found.audits else {}
@@ -213,18 +224,20 @@ def _overview(found: ResultsFolder) -> dict:
         spec = _common(r.provenance.shifts for r in results)
         images = _common(r.provenance.n_images for r in results)
         detail = ", ".join(filter(None, [spec and f"shifts {spec}", images and f"{images} images"]))
-        groups.append({"protocol": protocol, "detail": detail})
+        half = any(r.invariance.gap_half_pixel is not None or r.invariance.half_pixel_consistency
+                   is not None for r in results)
+        metrics = [(name, show) for name, show in HEADLINE if half or name not in HALF_PIXEL_ONLY]
+        groups.append({"protocol": protocol, "detail": detail, "metrics": metrics,
+                       "labels": [("gap, points", "integer / ½ px" if half else "integer shifts")
+                                  if name == "gap" else (name, None) for name, _ in metrics]})
     rows = []
-    for model, row in table.items():
+    for model in list(table) + [m for m in found.test_accuracy if m not in table]:  # trained, not audited
         cells = []
-        for protocol in protocols:
-            inv = row[protocol].invariance if protocol in row else None
-            cells += [MISSING if inv is None else show(getattr(inv, key)) for _, key, show in HEADLINE]
+        for protocol, group in zip(protocols, groups):
+            inv = table[model][protocol].invariance if protocol in table.get(model, {}) else None
+            cells += [{"value": MISSING if inv is None else show(inv), "first": k == 0}
+                      for k, (_, show) in enumerate(group["metrics"])]
         rows.append({"model": model, "test": pct(found.test_accuracy.get(model)), "cells": cells})
-    for model, accuracy in found.test_accuracy.items():            # trained, not audited
-        if model not in table:
-            rows.append({"model": model, "test": pct(accuracy),
-                         "cells": [MISSING] * len(HEADLINE) * len(protocols)})
     notes = []
     if not found.audits:
         notes.append("No audit results were found (audit-NAME.json), so there are no stability "
@@ -232,13 +245,18 @@ def _overview(found: ResultsFolder) -> dict:
     elif any(r.invariance.clean_accuracy is None for r in found.audits.values()):
         notes.append("Accuracies are blank (–) for audits of unlabelled data, such as audit's "
                      "default synthetic:256; audit labelled data (e.g. --data mnist) to get them.")
+    if any(r.invariance.gap_integer is not None and r.invariance.gap_half_pixel is None
+           and r.provenance.protocol in ("circular", "fractional") for r in found.audits.values()):
+        notes.append("Some circular or fractional audits ran without half-pixel shifts: their gap "
+                     "is over integer shifts only; add --half-pixel to the audit to get the "
+                     "half-pixel gap and consistency.")
     if found.audits and not found.test_accuracy:
         notes.append("No training records were found (models/NAME/train.json), so the test "
                      "accuracy column is empty.")
     images = _common(found.test_images.values())
     figure = _figure(draw_model_bars, found.audits, "Headline numbers per model and protocol") \
         if found.audits else None
-    return {"groups": groups, "metrics": [h[0] for h in HEADLINE], "rows": rows, "notes": notes,
+    return {"groups": groups, "rows": rows, "notes": notes,
             "test_detail": f"{images:,} test images" if images else "", "figure": figure}
 
 
@@ -377,6 +395,8 @@ td.first-of-group, th.first-of-group { border-left:2px solid var(--line); }
 .scroll th:first-child, .scroll td:first-child { position:sticky; left:0; background:#fff; z-index:1; }
 .scroll th:first-child { background:var(--soft); }
 table.headline th small { display:block; font-weight:400; color:var(--muted); }
+table.headline th, table.headline td { padding:4px 5px; }
+table.headline th.num { white-space:normal; min-width:3.6em; }
 figure { margin:8px 0 12px; }
 figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; display:block; }
 figcaption { color:var(--muted); font-size:13px; margin-top:3px; }
@@ -493,14 +513,17 @@ TEMPLATE = """<!DOCTYPE html>
   <p class="lead">Each model saw every test image at every shift of a grid. <em>Clean</em>: accuracy on the unshifted images;
   <em>worst-case</em>: an image counts as correct only if it is correct at every shift; <em>consistency</em>: how often two random shifts
   of an image get the same label; <em>flip rate</em>: how often the label changes after a one-pixel step; <em>MAC</em>: the mean absolute change
-  of the probability of the earlier step's class over such a step (Azulay &amp; Weiss 2019). The gap between clean and worst-case accuracy is what this report is about.</p>
+  of the probability of the earlier step's class over such a step (Azulay &amp; Weiss 2019). The gap between clean and worst-case accuracy is what this report is about:
+  <em>gap</em> is clean minus worst-case accuracy in percentage points, over the integer shifts of the grid and over the half-pixel lattice around it
+  (band-limited circular shifts by multiples of ½ pixel, integer ones included); <em>½-px consistency</em>: how often the unshifted image and the image shifted by
+  a random whole number plus ½ pixel per axis get the same label (Michaeli, Michaeli &amp; Soudry 2023).</p>
   {% for note in overview.notes %}<p class="note">{{ note }}</p>{% endfor %}
   {% if overview.rows %}
   <div class="scroll"><table class="headline">
     <tr><th rowspan="2">model</th><th rowspan="2" class="num">test accuracy{% if overview.test_detail %}<small>{{ overview.test_detail }}</small>{% endif %}</th>
-      {% for g in overview.groups %}<th class="group first-of-group" colspan="{{ overview.metrics | length }}">{{ g.protocol }} shifts{% if g.detail %}<small>{{ g.detail }}</small>{% endif %}</th>{% endfor %}</tr>
-    <tr>{% for g in overview.groups %}{% for m in overview.metrics %}<th class="num{% if loop.first %} first-of-group{% endif %}">{{ m }}</th>{% endfor %}{% endfor %}</tr>
-    {% for row in overview.rows %}<tr><td>{{ row.model }}</td><td class="num">{{ row.test }}</td>{% for v in row.cells %}<td class="num{% if loop.index0 % (overview.metrics | length) == 0 %} first-of-group{% endif %}">{{ v }}</td>{% endfor %}</tr>
+      {% for g in overview.groups %}<th class="group first-of-group" colspan="{{ g.labels | length }}">{{ g.protocol }} shifts{% if g.detail %}<small>{{ g.detail }}</small>{% endif %}</th>{% endfor %}</tr>
+    <tr>{% for g in overview.groups %}{% for m, sub in g.labels %}<th class="num{% if loop.first %} first-of-group{% endif %}">{{ m }}{% if sub %}<small>{{ sub }}</small>{% endif %}</th>{% endfor %}{% endfor %}</tr>
+    {% for row in overview.rows %}<tr><td>{{ row.model }}</td><td class="num">{{ row.test }}</td>{% for c in row.cells %}<td class="num{% if c.first %} first-of-group{% endif %}">{{ c.value }}</td>{% endfor %}</tr>
     {% endfor %}
   </table></div>
   {% endif %}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ShiftlabError
+from .fmt import points
 from .io import write_text_atomic
 
 SCHEMA = "shiftlab.audit/1"
@@ -171,6 +172,18 @@ class InvarianceResult:
     sensitivity: list[float] | None = None        # per shift
     sensitivity_radius: list[float] | None = None
     sensitivity_radial: list[float] | None = None
+    # the worst-case shift gap (Michaeli, Michaeli & Soudry, CVPR 2023): clean accuracy minus
+    # the worst-case accuracy over a set of shifts, each set said in words (*_shifts); None
+    # when unlabelled, not a classifier, or (half-pixel) not asked for (audit half_pixel)
+    gap_integer: float | None = None
+    integer_worst_case_accuracy: float | None = None   # right unshifted and at every integer grid shift
+    gap_integer_shifts: str | None = None
+    gap_half_pixel: float | None = None
+    half_pixel_worst_case_accuracy: float | None = None  # right at every half-pixel lattice shift
+    gap_half_pixel_shifts: str | None = None
+    half_pixel_consistency: float | None = None       # P[ŷ(x) = ŷ(T_δ x)], δ = s + ½ per axis
+    half_pixel_pairs: int = 0
+    half_pixel_consistency_rule: str | None = None
 
 
 @dataclass
@@ -233,7 +246,9 @@ class AuditResult:
             raise ShiftlabError(f"{path}: {err}") from None
 
     COMPARISONS = ("equivariance", "invariance", "skipped", "not comparable")
-    FRACTIONS = ("consistency", "flip_rate", "mean_abs_change", "worst_case_accuracy", "clean_accuracy")
+    FRACTIONS = ("consistency", "flip_rate", "mean_abs_change", "worst_case_accuracy", "clean_accuracy",
+                 "gap_integer", "integer_worst_case_accuracy", "gap_half_pixel",
+                 "half_pixel_worst_case_accuracy", "half_pixel_consistency")
 
     def _check_consistent(self) -> None:
         """Raise :class:`ShiftlabError` naming the first field that disagrees with the others."""
@@ -325,6 +340,14 @@ class AuditResult:
             acc = inv.accuracy or [0.0]
             out.append(f"accuracy clean {inv.clean_accuracy:.2%}, mean over shifts "
                        f"{sum(acc) / len(acc):.2%}, worst-case {inv.worst_case_accuracy:.2%}")
+        gaps = [f"{points(gap)} over {what}" for gap, what in (
+            (inv.gap_integer, "integer shifts"), (inv.gap_half_pixel, "the half-pixel lattice"))
+            if gap is not None]
+        if gaps:
+            out.append(f"worst-case gap (clean - worst-case accuracy): {', '.join(gaps)}")
+        if inv.half_pixel_consistency is not None:
+            out.append(f"half-pixel consistency {inv.half_pixel_consistency:.2%} "
+                       f"({inv.half_pixel_pairs} pairs: unshifted vs shifted by s + 1/2 px)")
         if self.all_shifts is not None:
             a = self.all_shifts
             acc = ("" if a.worst_case_accuracy is None else
