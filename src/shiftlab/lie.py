@@ -10,15 +10,16 @@ ICLR 2023 (code: github.com/ngruver/lie-deriv, ``lee/lie_derivs.py``, ``lee/e2e_
 with ``T_t⁻¹`` dropped when ``f``'s output has no spatial axes (then ``L f`` measures
 invariance). It is zero for every x exactly when ``f`` commutes with all small shifts.
 
-Shifts. ``T_t`` is the band-limited circular (Fourier) shift of
-:func:`shiftlab.actions.fractional_shift`, so the derivative exists and is exact:
-``d/dt T_t x = G x`` with ``G x = ifft(fft(x) · (−2πi k)) · N/2`` (``k`` in cycles per pixel,
-the Nyquist bin contributing nothing, as its shift keeps ``cos(π t)``). Gruver et al. use
-bilinear ``grid_sample``, whose derivative at integer positions is one-sided.
+Shifts. Two generators ``G x = d/dt T_t x`` (see :func:`shift_generator`): the band-limited
+circular (Fourier) shift of :func:`shiftlab.actions.fractional_shift`, exact on circular nets,
+and the derivative of cubic interpolation, local, for nets with zero padding or valid
+convolutions (the spectral derivative of a map that is not periodic rings over all of it).
+``"auto"`` picks Fourier when every convolution pads circularly. Gruver et al. use bilinear
+``grid_sample``, whose derivative at integer positions is one-sided.
 
-Units (Gruver et al.'s): ``t`` is in normalised coordinates, a map spans 2 units, so a map of
-``N`` pixels along the axis moves by ``t·N/2`` pixels; every layer's map moves by the same
-fraction of its size, whatever its stride. (Their ``[-1, 1]`` grid with
+Units (Gruver et al.'s): ``t`` is in normalised coordinates, the input spans 2 units, so an
+input of ``N`` pixels moves by ``t·N/2`` and a map of cumulative stride ``s`` (measured as
+:mod:`shiftlab.probe` does) by ``t·N/(2s)``. (Their ``[-1, 1]`` grid with
 ``align_corners=True`` has ``(N−1)/2`` pixels per unit; a circular grid has ``N/2``.)
 
 Exactness. The derivatives are forward-mode (``torch.func.jvp``), not finite differences: one
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ShiftlabError, one_line
-from .result import GROUPS, LayerLie, LieResult
+from .result import LayerLie, LieResult
 
 #: the convention, in words, recorded with every result
 CONVENTION = ("Lie derivative d/dt T_t^-1 f(T_t x) at t = 0 (Gruver et al. 2023) by "
