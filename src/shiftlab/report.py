@@ -230,14 +230,13 @@ def _overview(found: ResultsFolder) -> dict:
         groups.append({"protocol": protocol, "detail": detail, "metrics": metrics,
                        "labels": [("gap, points", "integer / ½ px" if half else "integer shifts")
                                   if name == "gap" else (name, None) for name, _ in metrics]})
-    rows = []
+    rows = []                          # one table per protocol: each fits a laptop's width
     for model in list(table) + [m for m in found.test_accuracy if m not in table]:  # trained, not audited
-        cells = []
+        per_group = []
         for protocol, group in zip(protocols, groups):
             inv = table[model][protocol].invariance if protocol in table.get(model, {}) else None
-            cells += [{"value": MISSING if inv is None else show(inv), "first": k == 0}
-                      for k, (_, show) in enumerate(group["metrics"])]
-        rows.append({"model": model, "test": pct(found.test_accuracy.get(model)), "cells": cells})
+            per_group.append([MISSING if inv is None else show(inv) for _, show in group["metrics"]])
+        rows.append({"model": model, "test": pct(found.test_accuracy.get(model)), "groups": per_group})
     notes = []
     if not found.audits:
         notes.append("No audit results were found (audit-NAME.json), so there are no stability "
@@ -519,13 +518,15 @@ TEMPLATE = """<!DOCTYPE html>
   a random whole number plus ½ pixel per axis get the same label (Michaeli, Michaeli &amp; Soudry 2023).</p>
   {% for note in overview.notes %}<p class="note">{{ note }}</p>{% endfor %}
   {% if overview.rows %}
+  {% for g in overview.groups %}{% set k = loop.index0 %}
   <div class="scroll"><table class="headline">
     <tr><th rowspan="2">model</th><th rowspan="2" class="num">test accuracy{% if overview.test_detail %}<small>{{ overview.test_detail }}</small>{% endif %}</th>
-      {% for g in overview.groups %}<th class="group first-of-group" colspan="{{ g.labels | length }}">{{ g.protocol }} shifts{% if g.detail %}<small>{{ g.detail }}</small>{% endif %}</th>{% endfor %}</tr>
-    <tr>{% for g in overview.groups %}{% for m, sub in g.labels %}<th class="num{% if loop.first %} first-of-group{% endif %}">{{ m }}{% if sub %}<small>{{ sub }}</small>{% endif %}</th>{% endfor %}{% endfor %}</tr>
-    {% for row in overview.rows %}<tr><td>{{ row.model }}</td><td class="num">{{ row.test }}</td>{% for c in row.cells %}<td class="num{% if c.first %} first-of-group{% endif %}">{{ c.value }}</td>{% endfor %}</tr>
+      <th class="group first-of-group" colspan="{{ g.labels | length }}">{{ g.protocol }} shifts{% if g.detail %}<small>{{ g.detail }}</small>{% endif %}</th></tr>
+    <tr>{% for m, sub in g.labels %}<th class="num{% if loop.first %} first-of-group{% endif %}">{{ m }}{% if sub %}<small>{{ sub }}</small>{% endif %}</th>{% endfor %}</tr>
+    {% for row in overview.rows %}<tr><td>{{ row.model }}</td><td class="num">{{ row.test }}</td>{% for v in row.groups[k] %}<td class="num{% if loop.first %} first-of-group{% endif %}">{{ v }}</td>{% endfor %}</tr>
     {% endfor %}
   </table></div>
+  {% endfor %}
   {% endif %}
   {% if overview.figure %}{{ fig(overview.figure, "wide") }}{% endif %}
   {% if left_out %}<ul class="notes">{% for n in left_out %}<li class="note">{{ n }}</li>{% endfor %}</ul>{% endif %}
