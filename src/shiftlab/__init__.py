@@ -27,6 +27,8 @@ _EXPORTS = {
     "convert": "convert", "BlurPool": "layers", "blur_pool": "layers",
     "MaxBlurPool": "layers", "BlurConv": "layers", "APS": "layers", "APSShortcut": "layers",
     "aps_downsample": "layers", "Pad": "layers", "Pad1d": "layers", "Pad2d": "layers",
+    "IdealDownsample": "layers", "AliasFreeActivation": "layers", "PolyAct": "layers",
+    "lie_derivative": "lie", "all_shifts": "periodic", "export_onnx": "export",
 }
 __all__ = list(_EXPORTS)
 
