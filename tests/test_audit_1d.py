@@ -1,5 +1,7 @@
 """1-D signals (N×C×T) through the same law as images: the exactness tests of the 2-D
 suite, mirrored."""
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -75,8 +77,10 @@ def test_one_d_actions_match_their_oracles():
     assert torch.allclose(half, x.double(), atol=1e-12)
 
 
+@pytest.mark.parametrize("cache", [1 << 19, 40, 1])       # one chunk, chunks of 1 row, tiny
 @pytest.mark.parametrize("circular", [True, False])
-def test_fast_norms_equal_the_plain_law_in_1d(circular):
+def test_fast_norms_equal_the_plain_law_in_1d(circular, cache, monkeypatch):
+    monkeypatch.setattr(sys.modules["shiftlab.audit"], "CACHE_VALUES", cache)
     action = make_action("circular" if circular else "canvas")
     ref = torch.randn(3, 2, 17, dtype=torch.float64)
     out = torch.randn(3, 2, 17, dtype=torch.float64)
