@@ -120,9 +120,6 @@ class LieResult:
     generator: str = "fourier"
     convention: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def shares_by_group(self) -> dict[str, float | None]:
         """Each group's share of the attributed error, summed over axes."""
         sums = {g: sum(sum(l.contribution.values()) for l in self.layers if l.group == g)
