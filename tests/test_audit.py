@@ -379,20 +379,22 @@ def test_labels_that_are_not_class_indices_are_refused_by_the_api(labels, match)
 @pytest.mark.parametrize("cache", [1 << 19, 100, 1])          # one chunk, several rows, one row
 @pytest.mark.parametrize("circular", [True, False])
 def test_fast_norms_equal_the_plain_law_in_2d_in_chunks(circular, cache, monkeypatch):
-    """The engine's cache-sized chunks of one comparison add up to the law's block norms."""
+    """The law's fast comparison, in cache-sized pieces, equals its plain block norms."""
     import sys
     from shiftlab.actions import make_action
-    from shiftlab.audit import _FastNorms
-    from shiftlab.law import LayerGeometry, alignments, block_norms
-    monkeypatch.setattr(sys.modules["shiftlab.audit"], "CACHE_VALUES", cache)
+    from shiftlab.law import LayerGeometry, ReferenceMaps, alignments, block_norms
+    monkeypatch.setattr(sys.modules["shiftlab.law"], "CACHE_VALUES", cache)
     action = make_action("circular" if circular else "canvas")
     ref = torch.randn(5, 3, 9, 11, dtype=torch.float64)
     out = torch.randn(5, 3, 9, 11, dtype=torch.float64)
     geometry = LayerGeometry.same_size(action, 1, (9, 11), margin=0 if circular else 1)
-    fast = _FastNorms(ref, circular)
+    fast = ReferenceMaps(ref)
     for shift in ((0.0, 0.0), (2.0, -3.0), (-4.0, 5.0), (1.0, 0.0)):
         (a,) = alignments(action, geometry, shift)
         want = block_norms(out, ref, a)
-        got = fast(out, a, slice(0, 5))
+        got = fast.norms(out, a, slice(0, 5))
         assert torch.allclose(got[0], want[0]) and torch.allclose(got[1], want[1])
         assert got[2] == want[2]
+        some = fast.norms(out[1:], a, slice(1, 5))           # rows of a later block of samples
+        assert torch.allclose(some[0], block_norms(out[1:], ref[1:], a)[0])
+        assert torch.allclose(some[1], want[1][1:])

@@ -8,8 +8,7 @@ from torch import nn
 
 from shiftlab import ShiftlabError, audit
 from shiftlab.actions import canvas_shift, circular_shift, crop_shift, fractional_shift
-from shiftlab.law import LayerGeometry, alignments, block_norms
-from shiftlab.audit import _FastNorms
+from shiftlab.law import LayerGeometry, ReferenceMaps, alignments, block_norms
 from shiftlab.actions import make_action
 from shiftlab.shifts import ShiftSet
 
@@ -80,18 +79,21 @@ def test_one_d_actions_match_their_oracles():
 @pytest.mark.parametrize("cache", [1 << 19, 40, 1])       # one chunk, chunks of 1 row, tiny
 @pytest.mark.parametrize("circular", [True, False])
 def test_fast_norms_equal_the_plain_law_in_1d(circular, cache, monkeypatch):
-    monkeypatch.setattr(sys.modules["shiftlab.audit"], "CACHE_VALUES", cache)
+    monkeypatch.setattr(sys.modules["shiftlab.law"], "CACHE_VALUES", cache)
     action = make_action("circular" if circular else "canvas")
     ref = torch.randn(3, 2, 17, dtype=torch.float64)
     out = torch.randn(3, 2, 17, dtype=torch.float64)
     geometry = LayerGeometry.same_size(action, 1, (17,), margin=0 if circular else 1)
-    fast = _FastNorms(ref, circular)
+    fast = ReferenceMaps(ref)
     for d in (-5, -1, 0, 2, 6):
         (a,) = alignments(action, geometry, (float(d),))
         want = block_norms(out, ref, a)
-        got = fast(out, a, slice(0, 3))
+        got = fast.norms(out, a, slice(0, 3))
         assert torch.allclose(got[0], want[0]) and torch.allclose(got[1], want[1])
         assert got[2] == want[2]
+        some = fast.norms(out[1:], a, slice(1, 3))           # rows of a later block of samples
+        assert torch.allclose(some[0], block_norms(out[1:], ref[1:], a)[0])
+        assert torch.allclose(some[1], want[1][1:])
 
 
 @pytest.mark.parametrize("spec,match", [

@@ -217,7 +217,7 @@ def test_shards_merged_in_rank_order_equal_one_process(case, world):
         shards.append(pickle.loads(pickle.dumps(engine)))        # as the exchange sends them
     merged = _merge_shards(shards)
     merged.model = model
-    assert merged.n_images == 22 and merged.forwards == single["forwards"]
+    assert merged.counts["images"] == 22 and merged.counts["forwards"] == single["forwards"]
     result = merged.result(dtype, device, world)
     assert_same_result(single, result.to_dict())
     assert result.invariance.pairs == 22 * options["pairs"]

@@ -395,7 +395,7 @@ def _inputs(data, config, limit: int | None = None):
     """``data``'s batches as the model sees them (normalised), at most ``limit`` inputs.
     Normalising first is exact for the circular and Fourier shifts of --all-shifts and
     --lie: a per-channel affine map commutes with them."""
-    from .audit import iter_batches
+    from .batches import iter_batches
     from .data.preprocess import normalize
     left = limit
     for x, y in iter_batches(data, config.batch_size):

@@ -34,10 +34,11 @@ from torch import Tensor, nn
 
 from .errors import ShiftlabError, first_line, one_line
 from .io import check_writable, write_bytes_atomic
+from .law import CROSS_CHECK
 
 INSTALL = "pip install 'shiftlab[onnx]' (onnx, onnxscript and onnxruntime)"
 #: ONNX Runtime must agree with PyTorch to this, relative to the output's largest magnitude
-TOLERANCE = 1e-4
+TOLERANCE = CROSS_CHECK
 AXES = {3: ("batch", "time"), 4: ("batch", "height", "width")}
 
 

@@ -44,6 +44,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from .batches import iter_batches
 from .errors import ShiftlabError, one_line
 from .result import LayerLie, LieResult
 
@@ -312,7 +313,6 @@ def lie_derivative(model: nn.Module, images, layers: Iterable[str] | str | None 
             are not periodic), or ``"auto"``: fourier when every convolution pads circularly,
             else central. See :func:`shift_generator`; the choice is recorded.
     """
-    from .audit import iter_batches                    # the one reader of batches
     from .errors import run_model
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["StreamingMetric", "EquivarianceError", "Consistency", "GridStability",
+from .law import relative
+
+__all__ = ["StreamingMetric", "Counts", "EquivarianceError", "Consistency", "GridStability",
            "SensitivityMap", "WorstCase", "masked_sq_norms", "consistency", "flip_rate"]
 
 _F64 = torch.float64
@@ -69,6 +71,27 @@ class StreamingMetric:
         return {name: getattr(self, name).tolist() for name in self._defaults}
 
 
+class Counts(StreamingMetric):
+    """Named whole-number counters that add across shards.
+
+    >>> c = Counts("hits", "labelled"); c.add(hits=3, labelled=4); c.add(hits=1, labelled=4)
+    >>> c["hits"], c["labelled"]
+    (4, 8)
+    """
+
+    def __init__(self, *names: str):
+        super().__init__()
+        for name in names:
+            self.add_state(name, torch.zeros((), dtype=torch.int64), "sum")
+
+    def add(self, **counts: int) -> None:
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + int(value))
+
+    def __getitem__(self, name: str) -> int:
+        return int(getattr(self, name))
+
+
 def _row_sq_norm(t: Tensor) -> Tensor:
     """Per-sample squared L2 norm in float64 (one fused pass, accumulated in ``t``'s dtype)."""
     return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim))).to(_F64).square()
@@ -83,11 +106,6 @@ def masked_sq_norms(a: Tensor, b: Tensor, mask: Tensor | None = None) -> tuple[T
         m = mask[:, None].to(a.dtype)
         return _row_sq_norm((a - b) * m), _row_sq_norm(b * m)
     return _row_sq_norm(a - b), _row_sq_norm(b)
-
-
-def _relative(num: Tensor, den: Tensor) -> Tensor:
-    """``sqrt(num / den)``, with 0/0 = 0."""
-    return torch.where(den > 0, num / den.clamp_min(1e-300), (num > 0) * 1e300).sqrt()
 
 
 class EquivarianceError(StreamingMetric):
@@ -118,12 +136,12 @@ class EquivarianceError(StreamingMetric):
         self.ref_sq.index_add_(0, idx, r)
         self.count.index_add_(0, idx, torch.ones_like(idx))
         self.positions.index_add_(0, idx, pos)
-        self.max_rel.scatter_reduce_(0, idx, _relative(d, r), reduce="amax")
+        self.max_rel.scatter_reduce_(0, idx, relative(d, r), reduce="amax")
 
     def compute(self) -> dict[str, list]:
         """Per shift: ``error``, ``max_error`` (None where nothing was compared), ``count``."""
         defined = (self.positions > 0).tolist()
-        error, max_error = _relative(self.diff_sq, self.ref_sq).tolist(), self.max_rel.tolist()
+        error, max_error = relative(self.diff_sq, self.ref_sq).tolist(), self.max_rel.tolist()
         return {"error": [e if ok else None for e, ok in zip(error, defined)],
                 "max_error": [e if ok else None for e, ok in zip(max_error, defined)],
                 "count": self.count.tolist()}
@@ -133,7 +151,7 @@ class EquivarianceError(StreamingMetric):
         """The relative error pooled over the shifts in ``select`` (None if empty)."""
         if not bool(select.any()):
             return None
-        return float(_relative(diff_sq[select].sum(), ref_sq[select].sum()))
+        return float(relative(diff_sq[select].sum(), ref_sq[select].sum()))
 
 
 def consistency(pred_a: Tensor, pred_b: Tensor) -> float:
@@ -291,7 +309,7 @@ class SensitivityMap(StreamingMetric):
 
     def update(self, shift_index: Tensor, diff_sq: Tensor, ref_sq: Tensor) -> None:
         idx = shift_index.to(torch.int64).cpu()
-        self.dist_sum.index_add_(0, idx, _relative(diff_sq.to(_F64).cpu(), ref_sq.to(_F64).cpu()))
+        self.dist_sum.index_add_(0, idx, relative(diff_sq.to(_F64).cpu(), ref_sq.to(_F64).cpu()))
         self.count.index_add_(0, idx, torch.ones_like(idx))
 
     def compute(self) -> dict:

@@ -30,11 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from .actions import circular_shift
+from .batches import iter_batches
 from .errors import ShiftlabError, run_model
+from .law import CROSS_CHECK
 from .result import AllShifts
 
 #: periodicity holds when |f(T_{δ+S} x) − f(T_δ x)| ≤ TOLERANCE · (1 + max |f|)
-TOLERANCE = 1e-4
+TOLERANCE = CROSS_CHECK
 
 
 def total_stride(model: nn.Module, example: Tensor) -> int:
@@ -84,7 +86,6 @@ def all_shifts(model: nn.Module, data, batch_size: int = 64, stride: int | None 
         data: a tensor, an ``(inputs, labels)`` pair or an iterable of batches.
         stride: the total stride ``S``; measured when None.
     """
-    from .audit import iter_batches
 
     was_training = model.training
     model.eval()

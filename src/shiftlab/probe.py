@@ -72,7 +72,10 @@ class Probe:
     """Forward hooks that record the named submodules' outputs.
 
     Use as a context manager; calling it runs the model and returns
-    ``{layer name: output tensor, ..., "output": model output}`` in call order.
+    ``{layer name: output tensor, ..., "output": model output}`` in call order. With a
+    ``sink``, each layer's output is handed to ``sink(name, output)`` the moment its module
+    returns (while it is still in cache, before a later in-place op changes it) and only
+    ``"output"`` is returned.
     """
 
     def __init__(self, model: nn.Module, layers: "Iterable[str] | str | None" = None,
@@ -80,8 +83,10 @@ class Probe:
         self.model = model
         self.layers = resolve_layers(model, layers)
         self.clone = set(clone)        # outputs a later in-place op overwrites: copy them
+        self.sink = None               # sink(name, output): hand each map over as it is made
         self._handles: list = []
         self._record: dict[str, Tensor] = {}
+        self._calls: dict[str, int] = {}
         self.versions: dict[str, int] = {}   # version counters at record time
 
     def __enter__(self) -> "Probe":
@@ -98,17 +103,18 @@ class Probe:
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
             if isinstance(output, Tensor):
-                key, k = name, 1
-                while key in self._record:             # the same module, called again
-                    k += 1
-                    key = f"{name}#{k}"
+                k = self._calls[name] = self._calls.get(name, 0) + 1   # called again: name#2
+                key = name if k == 1 else f"{name}#{k}"
+                if self.sink is not None:              # used now, before any in-place op
+                    self.sink(key, output)
+                    return
                 self._record[key] = output.clone() if key in self.clone else output
                 if not output.is_inference():
                     self.versions[key] = output._version
         return hook
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        self._record = {}
+        self._record, self._calls = {}, {}
         out = self.model(x)
         if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
             out = out[0]

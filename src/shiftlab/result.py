@@ -194,6 +194,7 @@ class AuditResult:
     forwards: int = 0                # images passed through the model
     lie: LieResult | None = None     # --lie: the Lie derivative per layer (shiftlab.lie)
     all_shifts: AllShifts | None = None   # --all-shifts: every circular shift (shiftlab.periodic)
+    extra: dict[str, Any] | None = None   # what observers added with audit(observers=...) wrote
 
     # --- access -----------------------------------------------------------------------
     def layer(self, name: str) -> LayerResult:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .actions import ShiftAction, make_action, spatial_rank
-from .audit import TOLERANCE
+from .law import TOLERANCE
 from .errors import ShiftlabError, run_model
 from .law import LayerGeometry, alignments, layer_geometries
 from .law import expected as law_expected

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..audit import TOLERANCE
+from ..law import TOLERANCE
 from ..errors import ShiftlabError, one_line
 from ..actions import CircularShift
 from ..law import map_errors
