@@ -30,11 +30,11 @@ import time
 import torch
 
 import shiftlab
-from shiftlab.audit import iter_batches, pair_shifts
+from shiftlab import AuditConfig
 from shiftlab.data import synthetic_images
 from shiftlab.models import create_model
-from shiftlab.shifts import ShiftSet
-from shiftlab.actions import make_action
+from shiftlab.plan import AuditPlan
+from shiftlab.probe import resolve_layers
 
 PRESETS = {
     "resnet18-224": dict(model="resnet18", images=16, input=(3, 256, 256), protocol="crop",
@@ -52,32 +52,29 @@ def run_audit(model, images, labels, args, layers):
                           seed=args.seed)
 
 
-def run_bare(model, images, args, pairs, pair_range):
+def make_plan(model, images, args, layers):
+    """The audit's own plan for these inputs (built once, outside the timing): the bare
+    loop forwards exactly its rows, in its order and chunks."""
+    config = AuditConfig(protocol=args.protocol, crop=args.crop, shifts=args.shifts,
+                         layers=layers, batch_size=args.batch_size, seed=args.seed).check()
+    with torch.inference_mode():
+        return AuditPlan.build(model, config, images[:args.batch_size],
+                               resolve_layers(model, layers))
+
+
+def run_bare(model, images, args, plan):
     """Forward the audit's rows, chunk for chunk, with no hooks or metrics; return the
     number of images forwarded."""
-    action = make_action(args.protocol, crop=args.crop)
-    grid = ShiftSet.parse(args.shifts)
-    shifts = grid.tensor()
-    order = sorted((k for k in range(len(grid)) if k != grid.zero_index),
-                   key=lambda k: (shifts[k, 1].item(), shifts[k, 0].item()))
-    forwards, start = 0, 0
+    forwards = 0
     with torch.inference_mode():
-        for x, _ in iter_batches(images, args.batch_size):
-            n = len(x)
-            model(action.reference(x))
-            forwards += n
-            row_shift = shifts[order].repeat_interleave(n, 0)
-            if pairs:
-                low, high = pair_range[0::2], pair_range[1::2]          # per axis, or one for all
-                ps = pair_shifts(args.seed, start, n, pairs, low, high)
-                row_shift = torch.cat([row_shift, ps.reshape(-1, 2)])
-            row_shift = row_shift.to(torch.int64)
-            row_img = torch.arange(n).repeat(len(row_shift) // n)
-            for lo in range(0, len(row_shift), args.batch_size):
-                hi = min(lo + args.batch_size, len(row_shift))
-                model(action(x[row_img[lo:hi]], row_shift[lo:hi]))
-                forwards += hi - lo
-            start += n
+        for start in range(0, len(images), args.batch_size):
+            x = images[start:start + args.batch_size]
+            model(plan.action.reference(x))
+            forwards += len(x)
+            rows = plan.rows(len(x), start)
+            for chunk in rows.chunks(args.batch_size):
+                model(plan.action(x[rows.image[chunk.lo:chunk.hi]], rows.shift[chunk.lo:chunk.hi]))
+                forwards += chunk.hi - chunk.lo
     return forwards
 
 
@@ -105,6 +102,7 @@ def main(argv=None):
     p.add_argument("--layers", default=None,
                    help="comma-separated layer names; 'none' = output only (default: the "
                         "audit's default set)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="PATH", help="also save the numbers as JSON")
     args = p.parse_args(argv)
@@ -114,6 +112,8 @@ def main(argv=None):
     layers = None if args.layers is None else \
         [] if args.layers.lower() == "none" else [s for s in args.layers.split(",") if s]
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model(args.model).eval()
     images = synthetic_images(args.images, args.input)
@@ -121,12 +121,11 @@ def main(argv=None):
         classes = model(images[:1, :, :args.crop[0], :args.crop[1]] if args.crop else images[:1]).shape[-1]
     labels = torch.randint(0, classes, (args.images,))
 
-    # warm-up on a few images; the audit's own provenance says which pairs the bare loop
-    # must forward
+    # warm-up on a few images; the bare loop forwards the audit plan's rows
     few = min(len(images), 4)
     result = run_audit(model, images[:few], labels[:few], args, layers)
-    pairs, pair_range = result.provenance.pairs_per_image, result.provenance.pair_range
-    bare_forwards = run_bare(model, images[:few], args, pairs, pair_range)
+    plan = make_plan(model, images, args, layers)
+    bare_forwards = run_bare(model, images[:few], args, plan)
     assert bare_forwards == result.forwards, (bare_forwards, result.forwards)
 
     best_audit = best_bare = best_audit_cpu = best_bare_cpu = float("inf")
@@ -137,7 +136,7 @@ def main(argv=None):
                 (t, cpu), result = timed(run_audit, model, images, labels, args, layers)
                 best_audit, best_audit_cpu = min(best_audit, t), min(best_audit_cpu, cpu)
             else:
-                (t, cpu), bare_forwards = timed(run_bare, model, images, args, pairs, pair_range)
+                (t, cpu), bare_forwards = timed(run_bare, model, images, args, plan)
                 best_bare, best_bare_cpu = min(best_bare, t), min(best_bare_cpu, cpu)
     assert bare_forwards == result.forwards, (bare_forwards, result.forwards)
 

@@ -246,31 +246,33 @@ class _Driver:
         for obs in self.observers:
             obs.contribute(parts)
         grid = self.plan.grid
-        return AuditResult(self.provenance(dtype, device, processes), self.plan.shifts.tolist(),
+        return AuditResult(_provenance(self, dtype, device, processes), self.plan.shifts.tolist(),
                            list(grid.shape) if grid.shape else None, parts["layers"],
                            parts["invariance"], seconds=round(seconds, 3),
                            forwards=self.counts["forwards"], extra=parts.get("extra"))
 
-    def provenance(self, dtype: torch.dtype, device: torch.device, processes: int) -> Provenance:
-        from .data.folder import merge_records
-        cfg, plan = self.config, self.plan
-        settings = plan.action.settings()
-        paired = plan.classifier and cfg.pairs > 0
-        compute = self.amp or dtype
-        return Provenance(
-            model=cfg.name or type(self.model).__name__, protocol=plan.action.name,
-            shifts=plan.grid.spec, n_images=self.counts["images"], seed=cfg.seed,
-            input_shape=plan.input_shape, dtype=str(dtype).replace("torch.", ""),
-            tolerance=tolerance(compute), margin=cfg.margin,
-            fill=settings.get("fill"), crop=settings.get("crop"),
-            pairs_per_image=cfg.pairs if plan.classifier else 0,
-            pair_range=plan.pair_rule.as_list() if paired else None,
-            pair_offsets=plan.pair_rule.words if paired else None,
-            batch_size=cfg.batch_size, device=device_name(device), amp=cfg.amp,
-            compute_dtype=str(compute).replace("torch.", ""), processes=processes,
-            normalize=normalization_record(cfg.normalize), data=merge_records(self.data_records),
-            versions={"shiftlab": _version(), "torch": torch.__version__,
-                      "python": platform.python_version()})
+
+def _provenance(driver: _Driver, dtype: torch.dtype, device: torch.device, processes: int) -> Provenance:
+    """How the result was produced: the driver's plan, options and counts."""
+    from .data.folder import merge_records
+    cfg, plan = driver.config, driver.plan
+    settings = plan.action.settings()
+    paired = plan.classifier and cfg.pairs > 0
+    compute = driver.amp or dtype
+    return Provenance(
+        model=cfg.name or type(driver.model).__name__, protocol=plan.action.name,
+        shifts=plan.grid.spec, n_images=driver.counts["images"], seed=cfg.seed,
+        input_shape=plan.input_shape, dtype=str(dtype).replace("torch.", ""),
+        tolerance=tolerance(compute), margin=cfg.margin,
+        fill=settings.get("fill"), crop=settings.get("crop"),
+        pairs_per_image=cfg.pairs if plan.classifier else 0,
+        pair_range=plan.pair_rule.as_list() if paired else None,
+        pair_offsets=plan.pair_rule.words if paired else None,
+        batch_size=cfg.batch_size, device=device_name(device), amp=cfg.amp,
+        compute_dtype=str(compute).replace("torch.", ""), processes=processes,
+        normalize=normalization_record(cfg.normalize), data=merge_records(driver.data_records),
+        versions={"shiftlab": _version(), "torch": torch.__version__,
+                  "python": platform.python_version()})
 
 
 def audit(model: nn.Module, data, config: AuditConfig | None = None, observers=(),
