@@ -368,22 +368,25 @@ class ReferenceMaps:
         return self._ref_sq[key][1:]
 
     def diff_sq(self, out: Tensor, alignment: Alignment, images: slice) -> Tensor:
-        """``‖out − T'ref‖²`` per row of ``out`` (the samples ``images``), float64."""
-        ref = self.ref[images]
-        d2 = torch.zeros(len(out), dtype=_F64, device=out.device)
-        for out_box, src_box in alignment.blocks:
+        """``‖out − T'ref‖²`` per row of ``out`` (the samples ``images``), float64: each
+        box's norm per row in ``out``'s dtype (as :func:`block_norms`), summed in float64."""
+        ref, rows = self.ref[images], len(out)
+        blocks = alignment.blocks
+        norms = torch.empty(len(blocks), rows, dtype=out.dtype, device=out.device)
+        for j, (out_box, src_box) in enumerate(blocks):
             a = out[(slice(None), slice(None)) + out_box]
             b = ref[(slice(None), slice(None)) + src_box]
             per_row = max(1, a[:1].numel())
-            rows = max(1, CACHE_VALUES // per_row)
-            if self._scratch.numel() < min(len(a), rows) * per_row:
-                self._scratch = torch.empty(min(len(a), rows) * per_row, dtype=out.dtype, device=out.device)
-            for i in range(0, len(a), rows):
-                part = a[i:i + rows]
+            step = min(rows, max(1, CACHE_VALUES // per_row))
+            if self._scratch.numel() < step * per_row:
+                self._scratch = torch.empty(step * per_row, dtype=out.dtype, device=out.device)
+            dims = tuple(range(1, a.ndim))
+            for i in range(0, rows, step):
+                part = a[i:i + step]
                 diff = self._scratch[:part.numel()].view(part.shape)
-                torch.sub(part, b[i:i + rows], out=diff)
-                d2[i:i + rows] += torch.linalg.vector_norm(diff, dim=tuple(range(1, diff.ndim))).to(_F64).square()
-        return d2
+                torch.sub(part, b[i:i + step], out=diff)
+                torch.linalg.vector_norm(diff, dim=dims, out=norms[j, i:i + step])
+        return norms.to(_F64).square().sum(0)
 
     def norms(self, out: Tensor, alignment: Alignment, images: slice) -> tuple[Tensor, Tensor, int]:
         """``(‖out − T'ref‖², ‖T'ref‖², positions)`` per row: :func:`block_norms`'s answer."""
