@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .errors import ShiftlabError
-from .protocols import Canvas, Circular, Crop, Fractional, Protocol
+from .protocols import CROP_OFFSETS, Canvas, Circular, Crop, Fractional, Protocol
 from .shapes import spatial_rank
 
 ShiftLike = Union[Sequence[float], Tensor]
@@ -385,13 +385,6 @@ class CanvasShift(ShiftAction, Canvas):
         rank = len(size)
         return PairRange((-r,) * rank, (r + 1,) * rank,
                          f"integer shifts uniform in [-{r:g}, {r:g}] per axis")
-
-
-#: How the crop protocol draws window offsets for consistency pairs.
-CROP_OFFSETS = {
-    "zhang": "[0, D) (Zhang 2019 and antialiased-cnns: randint(D))",
-    "inclusive": "[0, D] (every window position)",
-}
 
 
 @dataclass(frozen=True)

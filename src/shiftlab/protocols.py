@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = ["Protocol", "Circular", "Canvas", "Crop", "Fractional", "protocol_names",
-           "capabilities", "names_with"]
+           "capabilities", "names_with", "CROP_OFFSETS"]
 
 
 class Protocol:
@@ -62,6 +62,12 @@ class Fractional(Protocol):
     default_shifts = "-2:2:0.5"
     has_half_pixel = True
 
+
+#: How the crop protocol draws window offsets for consistency pairs (``crop_offsets``).
+CROP_OFFSETS = {
+    "zhang": "[0, D) (Zhang 2019 and antialiased-cnns: randint(D))",
+    "inclusive": "[0, D] (every window position)",
+}
 
 _DECLARED: dict[str, type[Protocol]] = {p.name: p for p in (Circular, Canvas, Crop, Fractional)}
 
