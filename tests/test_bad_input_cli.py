@@ -725,7 +725,7 @@ def test_ctrl_c_during_torch_import_is_held_until_it_is_loaded():
     callback aborts the process (status 134; seen once in CI). The CLI holds Ctrl-C over the
     import and raises it after: a real SIGINT to this process inside the block is not raised
     there, but right after it, and Python's own handler is back."""
-    from shiftlab.cli import _ctrl_c_held
+    from shiftlab.cli.running import ctrl_c_held as _ctrl_c_held
     reached_end_of_block = False
     with pytest.raises(KeyboardInterrupt):
         with _ctrl_c_held():

@@ -82,3 +82,86 @@ def test_the_cli_offers_exactly_the_registered_protocols():
     audit = build_parser()._subparsers._group_actions[0].choices["audit"]
     (protocol,) = [a for a in audit._actions if "--protocol" in a.option_strings]
     assert list(protocol.choices) == list(PROTOCOLS)
+
+
+# ----------------------------------------------------------------------------- protocol names
+PROTOCOL_NAMES = {"circular", "canvas", "crop", "fractional"}
+
+
+def _names_a_protocol(node: ast.AST) -> bool:
+    """A protocol name as a literal, alone or among the items of a tuple, list or set."""
+    if isinstance(node, ast.Constant):
+        return node.value in PROTOCOL_NAMES
+    return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(map(_names_a_protocol, node.elts))
+
+
+def _is_a_protocol(node: ast.AST) -> bool:
+    """An expression that holds a protocol or its name (``args.protocol``, ``self.action.name``),
+    not a padding mode or a convert method, which share the word "circular"."""
+    text = ast.unparse(node)
+    return "protocol" in text.lower() or "action" in text.lower()
+
+
+def _switches_on_protocol_names(source: str) -> list[str]:
+    """The comparisons (``==``, ``!=``, ``in``, ``match``/``case``) of a protocol with a
+    protocol's name in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(map(_names_a_protocol, operands)) and any(map(_is_a_protocol, operands)):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Match) and _is_a_protocol(node.subject):
+            found += [f"line {case.pattern.lineno}: case {ast.unparse(case.pattern)}"
+                      for case in node.cases if any(isinstance(p, ast.MatchValue) and
+                                                    _names_a_protocol(p.value)
+                                                    for p in ast.walk(case.pattern))]
+    return found
+
+
+def test_the_checker_finds_switches_on_protocol_names_and_only_those():
+    switches = ('if args.protocol != "circular": pass\n'
+                'ok = r.provenance.protocol in ("circular", "fractional")\n'
+                'half = protocol == "circular"\n'
+                'crop = self.action.name == "crop"\n'
+                'match config.protocol:\n    case "canvas": pass\n')
+    assert len(_switches_on_protocol_names(switches)) == 5
+    others = ('a = m.padding_mode != "circular"\nb = method == "circular"\n'
+              'c = mode == "circular"\nd = name in ("limit", "canvas")\n'
+              'e = capabilities(args.protocol).has_half_pixel\n')
+    assert _switches_on_protocol_names(others) == []
+
+
+def test_no_module_but_actions_switches_on_a_protocol_name():
+    """A protocol says what it can do (its capability flags, shiftlab.protocols); nothing
+    outside its class compares its name (DESIGN.md)."""
+    from shiftlab.protocols import protocol_names
+    assert set(protocol_names()) == PROTOCOL_NAMES            # the literals this test looks for
+    found = {str(path.relative_to(ROOT)): hits for path in sorted(ROOT.rglob("*.py"))
+             if path.name != "actions.py" and (hits := _switches_on_protocol_names(path.read_text()))}
+    assert not found, found
+
+
+def test_the_action_classes_are_their_declarations():
+    """Each registered action class inherits its torch-free declaration: the same names, in
+    the same order, and the flags the command line and the report read."""
+    from shiftlab.actions import PROTOCOLS
+    from shiftlab.protocols import capabilities, protocol_names
+    assert list(PROTOCOLS) == protocol_names()
+    for name, action in PROTOCOLS.items():
+        assert issubclass(action, capabilities(name)) and action.name == name
+    assert [n for n, a in PROTOCOLS.items() if a.has_all_shifts] == ["circular"]
+    assert [n for n, a in PROTOCOLS.items() if a.has_half_pixel] == ["circular", "fractional"]
+    assert [n for n, a in PROTOCOLS.items() if a.needs_crop] == ["crop"]
+
+
+def test_the_command_line_starts_without_torch():
+    """The parser, the audit's config and the protocols' declarations import no torch, so
+    Ctrl-C while the command line starts is one line (torch loads with Ctrl-C held)."""
+    import subprocess
+    import sys
+    code = ("import sys; from shiftlab.cli import build_parser; build_parser(); "
+            "import shiftlab.config, shiftlab.protocols, shiftlab.report; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

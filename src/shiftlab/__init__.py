@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "audit": "audit", "AuditResult": "result", "LayerResult": "result",
     "InvarianceResult": "result", "Provenance": "result", "ShiftlabError": "errors",
-    "AuditConfig": "audit", "Probe": "probe", "default_layers": "probe",
+    "AuditConfig": "config", "Probe": "probe", "default_layers": "probe",
     "infer_layers": "probe", "ShiftSet": "shifts",
     "make_action": "actions", "circular_shift": "actions", "canvas_shift": "actions",
     "crop_shift": "actions", "fractional_shift": "actions", "rot90": "actions",

@@ -13,7 +13,9 @@ A protocol is one class (:class:`CircularShift`, :class:`CanvasShift`,
 :class:`CropShift`, :class:`FractionalShift`) that owns everything about itself: how it
 moves inputs, its induced action on a stride-``s`` map (exact when ``s`` divides ``δ``),
 which positions both maps define, where its consistency pairs are drawn, its default
-shifts and its settings for the result. Nothing outside switches on its name.
+shifts and its settings for the result. Its name and capability flags (``circular``,
+``has_half_pixel``, ``has_all_shifts``, ``needs_crop`` …) it inherits from its torch-free
+declaration in :mod:`shiftlab.protocols`. Nothing outside switches on its name.
 
 >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
 >>> torch.equal(circular_shift(x, (1, 2)), torch.roll(x, (1, 2), dims=(-2, -1)))
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .errors import ShiftlabError
+from .protocols import CROP_OFFSETS, Canvas, Circular, Crop, Fractional, Protocol
 from .shapes import spatial_rank
 
 ShiftLike = Union[Sequence[float], Tensor]
@@ -248,20 +251,14 @@ class PairRange:
 
 # ----------------------------------------------------------------------------- protocols
 @dataclass(frozen=True)
-class ShiftAction:
+class ShiftAction(Protocol):
     """A translation protocol: how it moves inputs and the feature maps they produce.
 
-    Subclasses set ``name``, ``circular`` (do feature positions wrap around),
-    ``integer`` (are shifts whole pixels), ``inexact`` (what an alignment is called when
-    the stride does not divide the shift) and ``default_shifts``, and implement
-    :meth:`__call__`.
+    Subclasses inherit their declaration from :mod:`shiftlab.protocols` (``name``,
+    ``circular``: do feature positions wrap around, ``integer``: are shifts whole pixels,
+    ``inexact``: what an alignment is called when the stride does not divide the shift,
+    ``default_shifts`` and the capability flags) and implement :meth:`__call__`.
     """
-
-    name: ClassVar[str] = "shift"
-    circular: ClassVar[bool] = True
-    integer: ClassVar[bool] = True
-    inexact: ClassVar[str] = "nearest"
-    default_shifts: ClassVar[str] = "-4:4"
 
     @classmethod
     def from_options(cls, *, fill: float = 0.0, crop=None, crop_offsets: str = "zhang") -> "ShiftAction":
@@ -355,23 +352,19 @@ class ShiftAction:
 
 
 @dataclass(frozen=True)
-class CircularShift(ShiftAction):
+class CircularShift(ShiftAction, Circular):
     """``torch.roll``: nothing is lost, positions wrap around."""
-
-    name: ClassVar[str] = "circular"
 
     def __call__(self, x, shifts):
         return circular_shift(x, shifts)
 
 
 @dataclass(frozen=True)
-class CanvasShift(ShiftAction):
+class CanvasShift(ShiftAction, Canvas):
     """Content moves over a fixed background ``fill``; what leaves the canvas is lost.
     Consistency pairs: integer shifts in ``[−R, R]`` with R the grid's largest shift."""
 
     fill: float = 0.0
-    name: ClassVar[str] = "canvas"
-    circular: ClassVar[bool] = False
 
     def __post_init__(self):
         if not math.isfinite(self.fill):
@@ -394,15 +387,8 @@ class CanvasShift(ShiftAction):
                          f"integer shifts uniform in [-{r:g}, {r:g}] per axis")
 
 
-#: How the crop protocol draws window offsets for consistency pairs.
-CROP_OFFSETS = {
-    "zhang": "[0, D) (Zhang 2019 and antialiased-cnns: randint(D))",
-    "inclusive": "[0, D] (every window position)",
-}
-
-
 @dataclass(frozen=True)
-class CropShift(ShiftAction):
+class CropShift(ShiftAction, Crop):
     """A ``size`` window moved over a larger input; the reference is the centred window.
 
     Consistency pairs (Zhang 2019: resize 256, 224 windows, ``randint(32)``): window
@@ -412,8 +398,6 @@ class CropShift(ShiftAction):
 
     size: tuple[int, ...] = (28, 28)
     offsets: str = "zhang"
-    name: ClassVar[str] = "crop"
-    circular: ClassVar[bool] = False
 
     def __post_init__(self):
         if self.offsets not in CROP_OFFSETS:
@@ -473,13 +457,8 @@ class CropShift(ShiftAction):
 
 
 @dataclass(frozen=True)
-class FractionalShift(ShiftAction):
+class FractionalShift(ShiftAction, Fractional):
     """Band-limited circular shift by real amounts; integers reduce to ``torch.roll``."""
-
-    name: ClassVar[str] = "fractional"
-    integer: ClassVar[bool] = False
-    inexact: ClassVar[str] = "fourier"
-    default_shifts: ClassVar[str] = "-2:2:0.5"
 
     def __call__(self, x, shifts):
         return fractional_shift(x, shifts)

@@ -25,20 +25,18 @@ and the observers' states are merged in rank order (:mod:`shiftlab.distributed`)
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .actions import ShiftAction, make_action
 from .batches import iter_batches, pair_shifts, shard_batches, stream_seed
-from .data.preprocess import normalization, normalization_record, normalize
-from .device import AMP, autocast, check_amp, device_name, ieee_float32
-from .errors import ShiftlabError, check_seed
+from .config import MAX_PAIRS, AuditConfig
+from .data.preprocess import normalization_record, normalize
+from .device import autocast, check_amp, device_name, ieee_float32
+from .errors import ShiftlabError
 from .law import TOLERANCE, tolerance
 from .metrics import Counts
 from .observers import Batch, half_pixel_lattice, observers_for
@@ -48,72 +46,6 @@ from .result import AuditResult, InvarianceResult, Provenance
 
 __all__ = ["audit", "AuditConfig", "iter_batches", "shard_batches", "pair_shifts",
            "stream_seed", "half_pixel_lattice", "TOLERANCE", "MAX_PAIRS"]
-
-#: Most random pairs per image (each pair costs two forward passes per image).
-MAX_PAIRS = 10_000
-MAX_BATCH = 1 << 20
-
-
-# ----------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class AuditConfig:
-    """Everything an audit can be told, checked once (:meth:`check`), with defaults.
-
-    The CLI builds one from its options; :func:`audit` takes one or keyword overrides.
-    """
-
-    protocol: str = "circular"       # circular | canvas | crop | fractional (shiftlab.actions)
-    shifts: object = None            # spec ("-4:4", "x=-8:8", "0,0;1,2"), list or ShiftSet;
-                                     # None: the protocol's default
-    layers: object = None            # names to probe; None: convs, pools, activations, blocks
-    pairs: int = 5                   # random shift pairs per image for consistency (0: none)
-    pair_range: float | None = None  # consistency shifts in [-R, R) (circular, fractional) or
-                                     # [-R, R] (canvas); None: the protocol's default
-    margin: int = 0                  # feature positions this close to a border are ignored
-    fill: float = 0.0                # canvas background
-    crop: tuple[int, ...] | None = None   # crop protocol: the window
-    crop_offsets: str = "zhang"      # crop pairs: offsets in [0, D) (Zhang) or "inclusive" [0, D]
-    batch_size: int = 256            # most rows (shifted inputs) in one forward pass
-    seed: int = 0                    # seeds the random pairs
-    sensitivity_layer: str = OUTPUT  # the layer of the translation-sensitivity map
-    name: str | None = None          # the model's name in the result
-    progress: bool = False           # show a progress bar
-    normalize: object = None         # (mean, std) per channel, "imagenet" or "M,..;S,..":
-                                     # (x - mean) / std applied to every input after the
-                                     # shift, before the forward; None: none
-    amp: str | None = None           # autocast the forward passes: "bf16" | "fp16"; None: off
-    shard: bool = True               # in a torch.distributed group: audit this rank's shard and
-                                     # merge (every rank must call); False: all data, alone
-    half_pixel: bool = False         # circular / fractional classifiers: also pass the half-pixel
-                                     # lattice around the grid and `pairs` half-pixel shifts per
-                                     # image through the model (output only) for the half-pixel
-                                     # worst-case gap and consistency
-
-    def check(self) -> "AuditConfig":
-        """One-line errors for options that cannot work, before any model runs."""
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ShiftlabError(f"batch size must be in [1, {MAX_BATCH}], got {self.batch_size}")
-        if not 0 <= self.pairs <= MAX_PAIRS:
-            raise ShiftlabError(f"pairs per image must be in [0, {MAX_PAIRS}], got {self.pairs}")
-        if self.pair_range is not None and not (math.isfinite(self.pair_range) and self.pair_range > 0):
-            raise ShiftlabError(f"pair range must be a positive number of pixels, got {self.pair_range}")
-        if self.margin < 0:
-            raise ShiftlabError(f"margin must be 0 or more, got {self.margin}")
-        if not math.isfinite(self.fill):
-            raise ShiftlabError(f"the canvas fill must be a finite number, got {self.fill}")
-        check_seed(self.seed)
-        if self.amp is not None and self.amp not in AMP:
-            raise ShiftlabError(f"unknown amp {self.amp!r}; use one of {', '.join(AMP)} (or None)")
-        action = self.action()
-        if self.half_pixel and not action.circular:
-            raise ShiftlabError(f"half-pixel shifts are band-limited circular shifts; the "
-                                f"'{self.protocol}' protocol has none: use --protocol circular "
-                                "or fractional, or drop --half-pixel")
-        return dataclasses.replace(self, normalize=normalization(self.normalize))
-
-    def action(self) -> ShiftAction:
-        return make_action(self.protocol, fill=self.fill, crop=self.crop,
-                           crop_offsets=self.crop_offsets)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -300,7 +232,9 @@ def audit(model: nn.Module, data, config: AuditConfig | None = None, observers=(
         ``result.to_json(path)`` saves it.
     """
     start = time.perf_counter()
-    config = dataclasses.replace(config or AuditConfig(), **options)
+    config = config or AuditConfig()
+    if options:                                  # a checked config is checked only once
+        config = dataclasses.replace(config, **options)
     group = distributed.current() if config.shard else None
     rank, world = (group.rank, group.size) if group else (0, 1)
     try:

@@ -166,6 +166,7 @@ def audit_runs(out: Path, settings: DemoSettings) -> dict[str, Path]:
     """Audit every trained run; write ``audit-NAME-PROTOCOL.json``; return the paths."""
     from .audit import audit
     from .data import load_data
+    from .protocols import capabilities
     x, y = load_data("mnist", split="test", seed=settings.seed)
     x, y = x[-settings.audit_images:], y[-settings.audit_images:]   # not the test-accuracy images
     written = {}
@@ -174,7 +175,8 @@ def audit_runs(out: Path, settings: DemoSettings) -> dict[str, Path]:
         for protocol in ("circular", "canvas"):
             start = time.perf_counter()
             result = audit(model, (x, y), protocol=protocol, shifts=settings.audit_shifts,
-                           seed=settings.seed, name=run.name, half_pixel=protocol == "circular")
+                           seed=settings.seed, name=run.name,
+                           half_pixel=capabilities(protocol).has_half_pixel)
             path = result.to_json(out / f"audit-{run.name}-{protocol}.json")
             written[f"{run.name}-{protocol}"] = path
             inv = result.invariance

@@ -32,7 +32,7 @@ from .metrics import (Consistency, Counts, EquivarianceError, GridStability, Sen
                       StreamingMetric, WorstCase, masked_sq_norms)
 from .plan import AuditPlan, Chunk
 from .probe import OUTPUT
-from .result import InvarianceResult, LayerResult
+from .result import LayerResult
 
 __all__ = ["Observer", "Batch", "LayerErrors", "Sensitivity", "GridInvariance", "IntegerGap",
            "HalfPixel", "observers_for", "half_pixel_lattice"]

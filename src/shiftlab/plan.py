@@ -24,7 +24,7 @@ from .actions import ShiftAction, spatial_rank
 from .batches import pair_shifts
 from .errors import ShiftlabError
 from .law import Alignment, LayerGeometry, alignments, layer_geometries
-from .probe import OUTPUT, LayerInfo, infer_layers
+from .probe import LayerInfo, infer_layers
 from .shapes import check_model_fits
 from .shifts import ShiftSet
 
@@ -120,7 +120,7 @@ class AuditPlan:
     @classmethod
     def build(cls, model: nn.Module, config, x: Tensor, names: list[str]) -> "AuditPlan":
         """Check ``config`` against the first batch ``x`` and learn ``model``'s layers."""
-        rank, action = spatial_rank(x), config.action()
+        rank, action = spatial_rank(x), config.action
         check_model_fits(model, x)
         grid = ShiftSet.parse(config.shifts if config.shifts is not None else action.default_shifts,
                               rank=rank)

@@ -39,6 +39,7 @@ from .errors import ShiftlabError
 from .experiments.base import ExperimentResult
 from .fmt import MISSING, cell, pct, points
 from .io import write_text_atomic
+from .protocols import capabilities, names_with
 from .result import AuditResult
 from .typed_json import read_json
 
@@ -210,6 +211,12 @@ HEADLINE = (("clean", lambda i: pct(i.clean_accuracy)), ("worst-case", lambda i:
 HALF_PIXEL_ONLY = ("½-px consistency",)     # columns of protocol groups with half-pixel shifts
 
 
+def _has_half_pixel(protocol: str) -> bool:
+    """Whether audits under ``protocol`` can pass half-pixel shifts (``--half-pixel``)."""
+    declared = capabilities(protocol)
+    return declared is not None and declared.has_half_pixel
+
+
 def _overview(found: ResultsFolder) -> dict:
     """One headline row per model: test accuracy, then per protocol that ran the clean and
     worst-case accuracy, the worst-case gap over integer and half-pixel shifts (in points),
@@ -245,10 +252,10 @@ def _overview(found: ResultsFolder) -> dict:
         notes.append("Accuracies are blank (–) for audits of unlabelled data, such as audit's "
                      "default synthetic:256; audit labelled data (e.g. --data mnist) to get them.")
     if any(r.invariance.gap_integer is not None and r.invariance.gap_half_pixel is None
-           and r.provenance.protocol in ("circular", "fractional") for r in found.audits.values()):
-        notes.append("Some circular or fractional audits ran without half-pixel shifts: their gap "
-                     "is over integer shifts only; add --half-pixel to the audit to get the "
-                     "half-pixel gap and consistency.")
+           and _has_half_pixel(r.provenance.protocol) for r in found.audits.values()):
+        notes.append(f"Some {' or '.join(names_with('has_half_pixel'))} audits ran without "
+                     "half-pixel shifts: their gap is over integer shifts only; add --half-pixel "
+                     "to the audit to get the half-pixel gap and consistency.")
     if found.audits and not found.test_accuracy:
         notes.append("No training records were found (models/NAME/train.json), so the test "
                      "accuracy column is empty.")

@@ -18,7 +18,7 @@ Zhang 2019's and the timm evaluations use):
 
 Normalisation is not a step here: ``(x − mean) / std`` per channel is applied by the audit
 engine to every input right *after* the shift and before the forward
-(:attr:`shiftlab.audit.AuditConfig.normalize`), so a canvas background is black in pixel
+(:attr:`shiftlab.config.AuditConfig.normalize`), so a canvas background is black in pixel
 space, as the unnormalised image's black.
 
 >>> Preprocess(resize=256, center_crop=(224, 224)).output_size((427, 640))
