@@ -63,7 +63,11 @@ def _open_checked(path: Path, decode: bool):
                              "pixels (4096x4096) per image; a decompression bomb? resize or "
                              "remove it")
 
-    if not path.is_file():
+    try:
+        regular = path.is_file()
+    except OSError as err:                            # its folder cannot be entered (no x)
+        raise ShiftlabError(f"cannot read image {path}: {err.strerror or one_line(err)}") from None
+    if not regular:
         raise ShiftlabError(f"{path} is not a regular file (a FIFO, a device or a broken link); "
                             "remove it from the image folder")
     try:
@@ -126,10 +130,22 @@ class FolderIndex:
         return (self.channels, *self.size)
 
 
+def _unreadable_folder(err: OSError, root: Path) -> ShiftlabError:
+    """The one line for a folder of ``root`` that cannot be listed (``err`` from listing it)."""
+    folder = err.filename if err.filename is not None else root
+    why = err.strerror or one_line(err)
+    return ShiftlabError(f"cannot read folder {folder} in image folder {root}: {why}; make it "
+                         f"readable (chmod a+rx) or move it out of {root}")
+
+
 def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[str]]:
-    """Class names (None: flat), image files with labels, ignored non-image files."""
+    """Class names (None: flat), image files with labels, ignored non-image files. A folder
+    that cannot be listed (its mode, say) is a one-line error naming it, never skipped."""
     def visible(names):
         return sorted(n for n in names if not n.startswith("."))
+
+    def refuse(err: OSError):
+        raise err
 
     try:
         entries = visible(os.listdir(root))
@@ -144,7 +160,9 @@ def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[st
         found = []
         for k, c in enumerate(classes):
             inside = []
-            for folder, dirs, names in os.walk(root / c):        # symlinked sub-folders: not followed
+            # symlinked sub-folders: not followed; an unreadable one: refused (os.walk
+            # would skip it without a word)
+            for folder, dirs, names in os.walk(root / c, onerror=refuse):
                 dirs[:] = visible(dirs)
                 inside += [Path(folder) / n for n in visible(names)]
             for path in sorted(inside, key=str):
@@ -154,7 +172,7 @@ def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[st
                     ignored.append(str(path.relative_to(root)))
         return classes, found, ignored
     except OSError as err:                                        # an unreadable folder
-        raise ShiftlabError(f"cannot list image folder {root}: {one_line(err)}") from None
+        raise _unreadable_folder(err, root) from None
 
 
 def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = None, *,
