@@ -134,3 +134,80 @@ class TestUnreadableFolders:
         with _unprivileged(), pytest.raises(ShiftlabError) as caught:
             scan_image_folder(root)
         assert all(n in str(caught.value) for n in needles), caught.value
+
+
+# ============================================================================ animated and palette images
+def _frames(values=(0, 128, 255), size=(24, 24)):
+    from PIL import Image
+    return [Image.fromarray(np.full(size, v, np.uint8)) for v in values]
+
+
+def animated_gif(root):
+    frames = _frames()
+    frames[0].save(root / "a" / "anim.gif", save_all=True, append_images=frames[1:])
+    return "anim.gif is animated (3 frames)"
+
+
+def animated_png(root):
+    frames = _frames()
+    frames[0].save(root / "a" / "anim.png", save_all=True, append_images=frames[1:])
+    return "anim.png is animated (3 frames)"
+
+
+def multi_page_tiff(root):
+    frames = _frames((10, 20))
+    frames[0].save(root / "b" / "pages.tif", save_all=True, append_images=frames[1:])
+    return "pages.tif is animated (2 frames)"
+
+
+class TestAnimatedAndPaletteImages:
+    """An animated GIF (Pillow opens it as a palette image) turned a grey folder into RGB:
+    animated and multi-page images are now refused in one line naming the file (skipped
+    and counted with --skip-bad); a still image whose palette is all grey reads as grey."""
+
+    CASES = [animated_gif, animated_png, multi_page_tiff]
+
+    @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+    def test_animated_is_one_line(self, case, tmp_path, capsys):
+        root = _grey_folder(tmp_path / "imgs")
+        needle = case(root)
+        out = tmp_path / "new" / "r.json"
+        _one_line(_audit(["--data", f"folder:{root}"], out), capsys, out, needle,
+                  "shiftlab reads still images", "--skip-bad")
+
+    @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+    def test_animated_is_skipped_and_counted_with_skip_bad(self, case, tmp_path, capsys):
+        root = _grey_folder(tmp_path / "imgs")
+        needle = case(root)
+        out = tmp_path / "new" / "r.json"
+        assert _audit(["--data", f"folder:{root}", "--skip-bad"], out) == 0
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and "skipped 1 unreadable image (--skip-bad)" in lines[0], lines
+        p = json.loads(out.read_text())["provenance"]
+        assert p["input_shape"] == [1, 24, 24] and p["data"]["channels"] == 1
+        assert needle in p["data"]["skipped"][0]["reason"]
+
+    @pytest.mark.parametrize("suffix", [".gif", ".png"])
+    def test_a_still_grey_palette_image_is_grey(self, suffix, tmp_path, capsys):
+        from PIL import Image
+
+        from shiftlab.data import load_image_folder
+        root = _grey_folder(tmp_path / "imgs")
+        ramp = np.tile(np.arange(0, 240, 10, dtype=np.uint8), (24, 1))
+        Image.fromarray(ramp).convert("P").save(root / "a" / f"ramp{suffix}")
+        assert Image.open(root / "a" / f"ramp{suffix}").mode == "P"
+        out = tmp_path / "new" / "r.json"
+        assert _audit(["--data", f"folder:{root}"], out) == 0
+        assert capsys.readouterr().err == ""                            # no "read as RGB"
+        assert json.loads(out.read_text())["provenance"]["input_shape"] == [1, 24, 24]
+        x, _, _ = load_image_folder(root)
+        assert x.shape == (5, 1, 24, 24)
+        np.testing.assert_array_equal(x[2, 0].numpy(), ramp / np.float32(255))  # sorted 2nd in a/
+
+    def test_a_colour_palette_image_still_makes_the_folder_rgb(self, tmp_path, capsys):
+        from PIL import Image
+        root = _grey_folder(tmp_path / "imgs")
+        red = np.zeros((24, 24, 3), np.uint8) + np.array([200, 10, 10], np.uint8)
+        Image.fromarray(red).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "a" / "red.gif")
+        with pytest.warns(UserWarning, match="mixes grey and colour images: 4 grey of 5"):
+            assert scan_image_folder(root).channels == 3

@@ -20,11 +20,12 @@ Reading happens in two passes:
    ``(images N×C×H×W in [0, 1], labels or None)``. Memory holds a few batches, never the
    folder.
 
-Modes: 1-bit, 8-bit and 16-bit grey (``/ 255``, ``/ 65535``), float grey (as is); RGB, RGBA
-(alpha dropped, as torchvision's loader), palette, CMYK, … → RGB. A file that cannot be
-read (corrupt, truncated, not a regular file, too large) is a one-line error naming it,
-or, with ``skip_bad``, skipped and counted; a worker never raises, it hands the error back
-with the batch.
+Modes: 1-bit, 8-bit and 16-bit grey (``/ 255``, ``/ 65535``), float grey (as is), palette
+images whose palette holds only greys (GIFs open as palette images) as 8-bit grey; RGB,
+RGBA (alpha dropped, as torchvision's loader), other palettes, CMYK, … → RGB. A file that
+cannot be read (corrupt, truncated, not a regular file, too large, animated or multi-page)
+is a one-line error naming it, or, with ``skip_bad``, skipped and counted; a worker never
+raises, it hands the error back with the batch.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ __all__ = ["IMAGE_SUFFIXES", "FolderIndex", "scan_image_folder", "ImageFolderDat
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+#: Multi-frame formats whose first frame is the image (a camera's JPEG with its previews);
+#: other multi-frame images (animated GIF, PNG, WebP; multi-page TIFF) are refused.
+STILL_MULTI_FRAME = ("MPO",)
 MAX_LISTED = 100             # skipped files named in the result (all are counted)
 SKIP_HINT = " (or pass --skip-bad to skip and count such files)"
 
@@ -77,8 +81,12 @@ def _open_checked(path: Path, decode: bool):
                 width, height = im.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise too_large(f"{width}x{height} = {width * height:,} pixels")
+                if getattr(im, "is_animated", False) and im.format not in STILL_MULTI_FRAME:
+                    raise ShiftlabError(f"image {path} is animated ({im.n_frames} frames); "
+                                        "shiftlab reads still images: save the frame to audit "
+                                        "as a PNG, or remove it")
                 if not decode:
-                    return height, width, im.mode
+                    return height, width, _grey_palette_mode(im) or im.mode
                 im.load()
                 return im.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -89,15 +97,29 @@ def _open_checked(path: Path, decode: bool):
         raise ShiftlabError(f"cannot read image {path}: {one_line(err)}") from None
 
 
+def _grey_palette_mode(image) -> str | None:
+    """``"L"`` (``"LA"``) for a palette image (``P``, ``PA``) whose palette holds only greys,
+    from its header (GIFs open as palette images), else None."""
+    if image.mode not in ("P", "PA") or image.palette is None:
+        return None
+    try:
+        colours = np.frombuffer(image.palette.tobytes(), np.uint8)
+        colours = colours.reshape(-1, len(image.palette.mode))[:, :3]
+    except (ValueError, TypeError):                   # a raw palette: read as colour
+        return None
+    grey = len(colours) and bool((colours == colours[:, :1]).all())
+    return ("L" if image.mode == "P" else "LA") if grey else None
+
+
 def _as_pixels(image):
     """A decoded image as mode ``L``, ``F`` or ``RGB``, and the value of white (the scale)."""
-    mode = image.mode
+    mode = _grey_palette_mode(image) or image.mode
     if mode in SIXTEEN_BIT:
         return image.convert("F"), 65535.0
     if mode == "F":
         return image, 1.0
     if mode in GREY_MODES:
-        return (image if mode == "L" else image.convert("L")), 255.0
+        return (image if image.mode == "L" else image.convert("L")), 255.0
     if mode in ("P", "PA"):                           # palette transparency: through RGBA
         image = image.convert("RGBA")
     return (image if image.mode == "RGB" else image.convert("RGB")), 255.0
