@@ -211,3 +211,57 @@ class TestAnimatedAndPaletteImages:
         Image.fromarray(red).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "a" / "red.gif")
         with pytest.warns(UserWarning, match="mixes grey and colour images: 4 grey of 5"):
             assert scan_image_folder(root).channels == 3
+
+
+# ============================================================================ non-finite pixels
+def _float_tiff(path: Path, bad=None, size=(24, 24), seed: int = 0) -> Path:
+    """A 32-bit float grey TIFF (mode ``F``) of seeded values in [0, 1], with ``bad`` (NaN
+    or an infinity) at one pixel if given."""
+    from PIL import Image
+    pixels = np.random.default_rng(seed).random(size).astype(np.float32)
+    if bad is not None:
+        pixels[3, 5] = bad
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode="F").save(path)
+    return path
+
+
+def _tiff_folder(root: Path, n: int = 4) -> Path:
+    for k in range(n):
+        _float_tiff(root / "ab"[k * 2 // n] / f"{k:03d}.tif", seed=k)
+    return root
+
+
+class TestNonFinitePixels:
+    """A float TIFF with a NaN (or infinite) pixel was audited: it is now refused in one
+    line naming the file, when it is decoded (the header scan cannot see pixels), or
+    skipped and counted with --skip-bad."""
+
+    @pytest.mark.parametrize("workers", ["0", "2"])
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+    def test_one_line_naming_the_file(self, bad, workers, tmp_path, capsys):
+        root = _tiff_folder(tmp_path / "imgs")
+        _float_tiff(root / "b" / "zz-bad.tif", bad)                     # sorted last: mid-stream
+        out = tmp_path / "new" / "r.json"
+        rc = _audit(["--data", f"folder:{root}", "--batch-size", "2", "--workers", workers], out)
+        _one_line(rc, capsys, out, f"image {root / 'b' / 'zz-bad.tif'} holds NaN or infinite "
+                  "pixels", "--skip-bad")
+
+    def test_skipped_and_counted_with_skip_bad(self, tmp_path, capsys):
+        root = _tiff_folder(tmp_path / "imgs")
+        _float_tiff(root / "a" / "nan.tif", np.nan)
+        out = tmp_path / "new" / "r.json"
+        assert _audit(["--data", f"folder:{root}", "--skip-bad"], out) == 0
+        lines = capsys.readouterr().err.splitlines()
+        assert lines == ["shiftlab audit: warning: UserWarning: skipped 1 unreadable image "
+                         "(--skip-bad): nan.tif"], lines
+        data = json.loads(out.read_text())["provenance"]["data"]
+        assert data["images"] == 5 and data["skipped_files"] == 1
+        assert "holds NaN or infinite pixels" in data["skipped"][0]["reason"]
+
+    def test_a_folder_loaded_whole_refuses_it_too(self, tmp_path):
+        from shiftlab.data import load_data
+        root = _tiff_folder(tmp_path / "imgs")
+        _float_tiff(root / "a" / "nan.tif", np.nan)
+        with pytest.raises(ShiftlabError, match="nan.tif holds NaN or infinite pixels"):
+            load_data(f"folder:{root}")

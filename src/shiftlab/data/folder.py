@@ -23,8 +23,8 @@ Reading happens in two passes:
 Modes: 1-bit, 8-bit and 16-bit grey (``/ 255``, ``/ 65535``), float grey (as is), palette
 images whose palette holds only greys (GIFs open as palette images) as 8-bit grey; RGB,
 RGBA (alpha dropped, as torchvision's loader), other palettes, CMYK, … → RGB. A file that
-cannot be read (corrupt, truncated, not a regular file, too large, animated or multi-page)
-is a one-line error naming it, or, with ``skip_bad``, skipped and counted; a worker never
+cannot be read (corrupt, truncated, not a regular file, too large, animated or multi-page,
+a float image with NaN or infinite pixels) is a one-line error naming it, or, with ``skip_bad``, skipped and counted; a worker never
 raises, it hands the error back with the batch.
 """
 from __future__ import annotations
@@ -276,6 +276,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return BadImage(path, str(err))
         except Exception as err:                      # noqa: BLE001 - a decoder's odd failure
             return BadImage(path, f"cannot read image {path}: {one_line(err)}")
+        if not np.isfinite(array).all():              # float images (TIFF mode F) only
+            return BadImage(path, f"image {path} holds NaN or infinite pixels; fix or remove it")
         if array.shape[0] == 1 and self.index.channels == 3:
             array = np.repeat(array, 3, axis=0)
         if array.shape != self.index.sample_shape:
