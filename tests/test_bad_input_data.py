@@ -265,3 +265,37 @@ class TestNonFinitePixels:
         _float_tiff(root / "a" / "nan.tif", np.nan)
         with pytest.raises(ShiftlabError, match="nan.tif holds NaN or infinite pixels"):
             load_data(f"folder:{root}")
+
+
+# ============================================================================ warnings that leaked
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _shiftlab(argv: list[str], cwd: Path, **popen) -> tuple[int, str]:
+    """``python -m shiftlab ARGV`` as a new process (torch warns some things once per
+    process): ``(exit status, stderr)``."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "shiftlab", *argv], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=600, **popen)
+    return done.returncode, done.stderr
+
+
+def _one_cpu():
+    """Bind the process to one CPU (run in the child before it starts)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+class TestNoLeakedWarnings:
+    """Warnings of the libraries underneath reached the user as a ``warning:`` line: a float
+    TIFF's read (PyTorch on a read-only array), ``--workers`` above the CPUs (the DataLoader)
+    and a report of 1-D audits (matplotlib's constrained layout). Each runs in a new
+    process, as a user runs it."""
+
+    def test_reading_float_tiffs_warns_nothing(self, tmp_path):
+        root = _tiff_folder(tmp_path / "imgs")
+        rc, err = _shiftlab(["audit", "--model", "conv-maxpool", "--data", f"folder:{root}",
+                             *FAST, "--out", "r.json"], tmp_path)
+        assert rc == 0 and err == "", err
+        assert json.loads((tmp_path / "r.json").read_text())["provenance"]["input_shape"] == [1, 24, 24]

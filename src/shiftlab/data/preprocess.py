@@ -154,7 +154,10 @@ class Preprocess:
             array = canvas
         if scale != 1:
             array = array / np.float32(scale)
-        return np.ascontiguousarray(array, dtype=np.float32)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        # a float image (mode F) not resized, cropped nor scaled is still Pillow's read-only
+        # buffer, which torch.from_numpy warns about
+        return array if array.flags.writeable else array.copy()
 
     def record(self) -> dict:
         """The pipeline as data, for the result's provenance."""
