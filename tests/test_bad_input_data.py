@@ -299,3 +299,27 @@ class TestNoLeakedWarnings:
                              *FAST, "--out", "r.json"], tmp_path)
         assert rc == 0 and err == "", err
         assert json.loads((tmp_path / "r.json").read_text())["provenance"]["input_shape"] == [1, 24, 24]
+
+    @pytest.mark.parametrize("workers", ["2", "64"])
+    def test_more_workers_than_cpus_are_clamped_and_recorded(self, workers, tmp_path):
+        """Bound to one CPU (a real affinity, as ``taskset`` sets it), ``--workers N`` reads
+        with one worker, says so in one line of its own and records both numbers."""
+        root = _grey_folder(tmp_path / "imgs")
+        rc, err = _shiftlab(["audit", "--model", "conv-maxpool", "--data", f"folder:{root}",
+                             "--workers", workers, *FAST, "--out", "r.json"], tmp_path,
+                            preexec_fn=_one_cpu)
+        assert rc == 0, err
+        assert err.splitlines() == [f"shiftlab audit: warning: UserWarning: --workers {workers} is "
+                                    "more than the 1 CPU this process may use; reading with 1 worker"]
+        loader = json.loads((tmp_path / "r.json").read_text())["provenance"]["data"]["loader"]
+        assert loader["workers"] == 1 and loader["workers_asked"] == int(workers)
+        assert "CPUs this process may use" in loader["workers_clamped"]
+
+    def test_as_many_workers_as_cpus_are_kept(self, tmp_path):
+        root = _grey_folder(tmp_path / "imgs")
+        rc, err = _shiftlab(["audit", "--model", "conv-maxpool", "--data", f"folder:{root}",
+                             "--workers", "1", *FAST, "--out", "r.json"], tmp_path,
+                            preexec_fn=_one_cpu)
+        assert rc == 0 and err == "", err
+        loader = json.loads((tmp_path / "r.json").read_text())["provenance"]["data"]["loader"]
+        assert loader == {"batch_size": 256, "workers": 1}

@@ -16,7 +16,8 @@ Reading happens in two passes:
    which must be the same for all.
 2. :class:`ImageFolderDataset` decodes one image per item (the header checked again before
    decoding) and preprocesses it (:class:`~shiftlab.data.preprocess.Preprocess`);
-   :class:`FolderStream` batches items with a DataLoader (``workers`` processes) and yields
+   :class:`FolderStream` batches items with a DataLoader (``workers`` processes, at most
+   the CPUs the process may use: more are clamped, said and recorded) and yields
    ``(images N×C×H×W in [0, 1], labels or None)``. Memory holds a few batches, never the
    folder.
 
@@ -297,6 +298,15 @@ def collate_images(items: list) -> tuple[Tensor | None, Tensor, list[BadImage]]:
 
 
 # ----------------------------------------------------------------------------- the stream
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as ``taskset`` or a container's
+    cpuset sets it; else every CPU): the DataLoader's advice for its worker count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):                # no affinity on macOS and Windows
+        return os.cpu_count() or 1
+
+
 class FolderStream:
     """Batches ``(images N×C×H×W, labels or None)`` of an image folder, decoded lazily by a
     DataLoader with ``workers`` processes, in sorted-path order.
@@ -314,6 +324,12 @@ class FolderStream:
             raise ShiftlabError(f"workers must be 0 (read in this process) or more, got {workers}")
         if batch_size < 1:
             raise ShiftlabError(f"batch size must be at least 1, got {batch_size}")
+        self.workers_asked, cpus = workers, usable_cpus()
+        if workers > cpus:                    # the DataLoader would warn, and gain nothing
+            warnings.warn(f"--workers {workers} is more than the {cpus} CPU"
+                          f"{'s' if cpus != 1 else ''} this process may use; reading with "
+                          f"{cpus} worker{'s' if cpus != 1 else ''}", stacklevel=2)
+            workers = cpus
         self.index, self.preprocess = index, preprocess or Preprocess()
         self.batch_size, self.workers, self.skip_bad = batch_size, workers, skip_bad
         self.indices = indices if indices is not None else range(len(index.files))
@@ -386,9 +402,11 @@ class FolderStream:
         n, size = len(self.indices), self.batch_size
         run = block(-(-n // size), rank, world)
         block = self.indices[run.start * size:min(run.stop * size, n)]
-        return FolderStream(self.index, self.preprocess, batch_size=self.batch_size,
-                            workers=self.workers, skip_bad=self.skip_bad, indices=block,
-                            scan_bad=self.scan_bad and rank == 0)
+        shard = FolderStream(self.index, self.preprocess, batch_size=self.batch_size,
+                             workers=self.workers, skip_bad=self.skip_bad, indices=block,
+                             scan_bad=self.scan_bad and rank == 0)
+        shard.workers_asked = self.workers_asked
+        return shard
 
     def record(self) -> dict:
         """Where the images came from and how they were prepared, as data."""
@@ -409,8 +427,16 @@ class FolderStream:
             "order": "sorted by path (the same for any number of workers)",
             "reader": f"Pillow {pillow}",
             "preprocess": self.preprocess.record(),
-            "loader": {"batch_size": self.batch_size, "workers": self.workers},
+            "loader": self._loader_record(),
         }
+
+    def _loader_record(self) -> dict:
+        loader = {"batch_size": self.batch_size, "workers": self.workers}
+        if self.workers_asked != self.workers:
+            loader.update(workers_asked=self.workers_asked,
+                          workers_clamped="at most the CPUs this process may use "
+                                          "(os.sched_getaffinity), as the DataLoader advises")
+        return loader
 
 
 def merge_records(records: list[dict]) -> dict | None:
