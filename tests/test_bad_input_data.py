@@ -323,3 +323,46 @@ class TestNoLeakedWarnings:
         assert rc == 0 and err == "", err
         loader = json.loads((tmp_path / "r.json").read_text())["provenance"]["data"]["loader"]
         assert loader == {"batch_size": 256, "workers": 1}
+
+    def test_a_report_of_1d_audits_warns_nothing(self, tmp_path):
+        for protocol in ("circular", "canvas"):
+            _layer_audit(1, protocol, "-3:3").to_json(tmp_path / "res" / f"audit-{protocol}.json")
+        rc, err = _shiftlab(["report", "res", "-o", "report.html"], tmp_path)
+        assert rc == 0 and err == "", err
+        assert (tmp_path / "report.html").stat().st_size > 0
+
+    @pytest.mark.parametrize("panels", [1, 2, 3])
+    @pytest.mark.parametrize("shifts", ["0:1", "-3:3"])
+    @pytest.mark.parametrize("dims", [1, 2])
+    def test_layer_error_heatmaps_fit_whatever_their_width(self, dims, shifts, panels):
+        """Few shift columns (1-D, a short range) made panels narrower than their titles,
+        labels and the legend: the constrained layout collapsed and warned."""
+        import warnings
+
+        from shiftlab.viz.figure import figure_png
+        from shiftlab.viz.plots import draw_layer_errors
+        named = {f"{p}-{k}": _layer_audit(dims, p, shifts)
+                 for k, p in enumerate(("circular", "canvas", "circular")[:panels])}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert figure_png(draw_layer_errors(named)).startswith(b"\x89PNG")
+
+
+def _layer_audit(dims: int, protocol: str, shifts: str):
+    """A small audit of a zoo model on seeded noise, 1-D signals or 2-D images (cached)."""
+    return _LAYER_AUDITS.get((dims, protocol, shifts)) or _LAYER_AUDITS.setdefault(
+        (dims, protocol, shifts), _run_layer_audit(dims, protocol, shifts))
+
+
+def _run_layer_audit(dims: int, protocol: str, shifts: str):
+    import torch
+
+    from shiftlab import audit
+    from shiftlab.models import create_model
+    torch.manual_seed(0)
+    model = create_model("conv1d-maxpool" if dims == 1 else "conv-maxpool").eval()
+    x = torch.rand(4, 1, 64) if dims == 1 else torch.rand(4, 1, 28, 28)
+    return audit(model, x, protocol=protocol, shifts=shifts, pairs=0)
+
+
+_LAYER_AUDITS: dict = {}
