@@ -267,6 +267,50 @@ class TestNonFinitePixels:
             load_data(f"folder:{root}")
 
 
+# ============================================================================ normalisation float32 cannot hold
+class TestNormalisationFloat32CannotHold:
+    """``--normalize 0.5;1e-50`` was accepted: the std is 0 in float32, the inputs' precision,
+    and every normalised input infinite. Each mean and std must be a float32 number, each
+    std a normal one (a subnormal's reciprocal overflows)."""
+
+    CASES = {
+        "std-underflows-to-zero": ("0.5;1e-50", "std 1e-50 is 0 in float32"),
+        "std-subnormal": ("0.5;1e-40", "std 1e-40 is subnormal in float32"),
+        "std-overflows": ("0.5;1e39", "std 1e+39 is infinite in float32"),
+        "mean-overflows": ("-1e39;0.5", "mean -1e+39 is infinite in float32"),
+        "one-channel-of-three": ("0.5,0.5,0.5;0.2,1e-50,0.2", "std 1e-50 is 0 in float32"),
+    }
+
+    @pytest.mark.parametrize("case", list(CASES))
+    def test_one_line(self, case, tmp_path, capsys):
+        spec, needle = self.CASES[case]
+        data = "synthetic:4:3x16x16" if spec.count(",") else "synthetic:4:1x16x16"
+        model = _rgb_model_file(tmp_path) if spec.count(",") else "conv-maxpool"
+        out = tmp_path / "new" / "r.json"
+        rc = main(["audit", "--model", model, "--data", data, *FAST, f"--normalize={spec}",
+                   "--out", str(out)])
+        _one_line(rc, capsys, out, needle, "give means and stds float32 holds")
+
+    @pytest.mark.parametrize("case", list(CASES))
+    def test_the_library_refuses_it_too(self, case):
+        from shiftlab.data import normalization
+        spec, needle = self.CASES[case]
+        with pytest.raises(ShiftlabError, match=needle.replace("+", r"\+")):
+            normalization(spec)
+
+    @pytest.mark.parametrize("spec", ["0.5;1.2e-38", "0;3e38", "-3e38,0,1;1,1,1"])
+    def test_the_extremes_float32_holds_are_kept(self, spec):
+        from shiftlab.data import normalization
+        assert normalization(spec) is not None
+
+
+def _rgb_model_file(tmp: Path) -> str:
+    path = tmp / "rgb_model.py"
+    path.write_text("from shiftlab.models import create_model\n\n\ndef build():\n"
+                    "    return create_model('conv-maxpool', in_channels=3)\n")
+    return f"{path}:build"
+
+
 # ============================================================================ warnings that leaked
 SRC = Path(__file__).resolve().parents[1] / "src"
 
