@@ -311,6 +311,59 @@ def _rgb_model_file(tmp: Path) -> str:
     return f"{path}:build"
 
 
+# ============================================================================ many unreadable files
+def _empty_files(folder: Path, n: int, start: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(start, start + n):
+        (folder / f"{k:05d}.png").write_bytes(b"")
+
+
+class TestManyUnreadableFiles:
+    """100,000 empty ``.png`` files reported only the first, the scan stopping there: it
+    now reads every header and says how many failed (and how many are empty), naming the
+    first. Here with 2,000."""
+
+    def test_thousands_of_empty_files_are_counted(self, tmp_path, capsys):
+        root = tmp_path / "imgs"
+        _empty_files(root, 2000)
+        out = tmp_path / "new" / "r.json"
+        _one_line(_audit(["--data", f"folder:{root}"], out), capsys, out,
+                  f"2000 images in {root} are empty or unreadable (2000 empty); the first: image "
+                  f"{root / '00000.png'} is empty (0 bytes)", "--skip-bad")
+
+    def test_empty_and_corrupt_files_among_good_ones(self, tmp_path, capsys):
+        root = _grey_folder(tmp_path / "imgs")
+        _empty_files(root / "a", 3)
+        (root / "b" / "x-corrupt.png").write_bytes(b"\x89PNG not really")
+        (root / "b" / "y-corrupt.png").write_bytes(b"GIF89a")
+        out = tmp_path / "new" / "r.json"
+        _one_line(_audit(["--data", f"folder:{root}"], out), capsys, out,
+                  f"5 images in {root} are empty or unreadable (3 empty); the first: image "
+                  f"{root / 'a' / '00000.png'} is empty")
+
+    @pytest.mark.parametrize("content,needle", [(b"", "is empty (0 bytes)"),
+                                                (b"not an image", "cannot identify image file")])
+    def test_one_bad_file_is_named_alone(self, content, needle, tmp_path, capsys):
+        root = _grey_folder(tmp_path / "imgs")
+        (root / "b" / "bad.png").write_bytes(content)
+        out = tmp_path / "new" / "r.json"
+        line = _one_line(_audit(["--data", f"folder:{root}"], out), capsys, out,
+                         f"{root / 'b' / 'bad.png'}", needle, "--skip-bad")
+        assert "images in" not in line
+
+    def test_skip_bad_skips_and_counts_them_all(self, tmp_path, capsys):
+        root = _grey_folder(tmp_path / "imgs", classes=())
+        _empty_files(root, 2000, start=10)
+        out = tmp_path / "new" / "r.json"
+        assert _audit(["--data", f"folder:{root}", "--skip-bad"], out) == 0
+        assert capsys.readouterr().err.splitlines() == [
+            "shiftlab audit: warning: UserWarning: skipped 2000 unreadable images (--skip-bad): "
+            "00010.png, 00011.png, 00012.png …"]
+        data = json.loads(out.read_text())["provenance"]["data"]
+        assert data["files"] == 2004 and data["images"] == 4 and data["skipped_files"] == 2000
+        assert data["skipped"][0]["reason"] == f"image {root / '00010.png'} is empty (0 bytes)"
+
+
 # ============================================================================ warnings that leaked
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -55,6 +55,7 @@ SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 STILL_MULTI_FRAME = ("MPO",)
 MAX_LISTED = 100             # skipped files named in the result (all are counted)
 SKIP_HINT = " (or pass --skip-bad to skip and count such files)"
+EMPTY = "empty (0 bytes)"
 
 
 # ----------------------------------------------------------------------------- one image
@@ -75,6 +76,8 @@ def _open_checked(path: Path, decode: bool):
     if not regular:
         raise ShiftlabError(f"{path} is not a regular file (a FIFO, a device or a broken link); "
                             "remove it from the image folder")
+    if path.stat().st_size == 0:
+        raise ShiftlabError(f"image {path} is {EMPTY}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -202,7 +205,8 @@ def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = Non
                       skip_bad: bool = False, hint: str = "") -> FolderIndex:
     """Names and headers of an image folder (no pixels decoded): see the module doc.
 
-    One-line errors: no such folder, no images, an unreadable header (unless ``skip_bad``),
+    One-line errors: no such folder, no images, unreadable headers (unless ``skip_bad``:
+    every header is read, and the error counts them and names the first),
     an image a preprocessing step cannot apply to, images of different sizes after
     preprocessing. Warns once when grey images are read as RGB and when files are ignored.
     ``hint`` is added to the error of an unreadable file (how to skip it).
@@ -222,9 +226,7 @@ def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = Non
     for path, label in found:
         try:
             h, w, mode = _open_checked(path, decode=False)
-        except ShiftlabError as err:
-            if not skip_bad:
-                raise ShiftlabError(f"{err}{hint}") from None
+        except ShiftlabError as err:                  # counted; refused after the scan
             bad.append(BadImage(str(path), str(err)))
             continue
         sizes.setdefault(preprocess.output_size((h, w), f"image {path}"), str(path))
@@ -238,6 +240,12 @@ def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = Non
         files.append(str(path))
         labels.append(label)
         modes.append(mode)
+    if bad and not skip_bad:
+        if len(bad) == 1:
+            raise ShiftlabError(f"{bad[0].reason}{hint}")
+        empty = sum(b.reason.endswith(EMPTY) for b in bad)
+        raise ShiftlabError(f"{len(bad)} images in {root} are empty or unreadable ({empty} empty); "
+                            f"the first: {bad[0].reason}{hint}")
     if not files:
         raise ShiftlabError(f"no image of {root} could be read ({len(bad)} skipped, the first: "
                             f"{bad[0].reason})")
