@@ -364,6 +364,52 @@ class TestManyUnreadableFiles:
         assert data["skipped"][0]["reason"] == f"image {root / '00010.png'} is empty (0 bytes)"
 
 
+# ============================================================================ empty inputs
+def _save(path: Path, array: np.ndarray) -> Path:
+    """``array`` as ``.npy``, ``.npz`` (key ``x``) or ``.pt`` by ``path``'s suffix."""
+    if path.suffix == ".npz":
+        np.savez(path, x=array)
+    elif path.suffix == ".pt":
+        import torch
+        torch.save({"x": torch.from_numpy(array)}, path)
+    else:
+        np.save(path, array)
+    return path
+
+
+class TestEmptyInputs:
+    """A 0-length signal or a 0-height image was reported as a margin problem ("a margin of
+    0 leaves no position of the 0 input to compare"): now one line saying the input is
+    empty, from the file reader, before any model is built."""
+
+    CASES = {
+        "signals-0-samples": ("signals:", (4, 1, 0), "conv1d-maxpool", "0 samples each"),
+        "signals-NxT-0-samples": ("signals:", (4, 0), "conv1d-maxpool", "0 samples each"),
+        "signals-0-channels": ("signals:", (4, 0, 64), "conv1d-maxpool", "0 channels"),
+        "images-0-height": ("", (4, 1, 0, 28), "conv-maxpool", "0x28 pixels each"),
+        "images-0-width": ("", (4, 1, 28, 0), "conv-maxpool", "28x0 pixels each"),
+        "images-NxHxW-0-height": ("", (4, 0, 28), "conv-maxpool", "0x28 pixels each"),
+        "images-0-channels": ("", (4, 0, 28, 28), "conv-maxpool", "0 channels"),
+    }
+
+    @pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
+    @pytest.mark.parametrize("case", list(CASES))
+    def test_one_line_saying_it_is_empty(self, case, suffix, tmp_path, capsys):
+        prefix, shape, model, detail = self.CASES[case]
+        path = _save(tmp_path / f"empty{suffix}", np.zeros(shape, np.float32))
+        what = "signals" if prefix else "images"
+        out = tmp_path / "new" / "r.json"
+        line = _one_line(_audit(["--data", f"{prefix}{path}"], out, model=model), capsys, out,
+                         f"{path}: the {what} are empty (shape {shape}: {detail})")
+        assert "margin" not in line
+
+    def test_a_signal_of_one_sample_is_not_empty(self):
+        from shiftlab.data import load_array_file
+        x, _ = load_array_file(str(_save(Path(tempfile.mkdtemp()) / "one.npy",
+                                         np.ones((2, 1), np.float32))), rank=1)
+        assert x.shape == (2, 1, 1)
+
+
 # ============================================================================ warnings that leaked
 SRC = Path(__file__).resolve().parents[1] / "src"
 

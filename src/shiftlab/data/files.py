@@ -44,13 +44,22 @@ def _as_tensor(array, source: str, what: str) -> Tensor:
 def _as_images(array, source: str, rank: int = 2) -> Tensor:
     """Images ``N×C×H×W`` (``N×H×W`` gets one channel), or for ``rank=1`` signals
     ``N×C×T`` (``N×T`` gets one channel), as float."""
-    x = _as_tensor(array, source, "images" if rank == 2 else "signals")
+    what = "images" if rank == 2 else "signals"
+    x = _as_tensor(array, source, what)
+    given = tuple(x.shape)
     if x.ndim == rank + 1:
         x = x[:, None]
     if x.ndim != rank + 2:
         layout = "N x C x H x W (or N x H x W)" if rank == 2 else "N x C x T (or N x T)"
-        raise ShiftlabError(f"{source}: {'images' if rank == 2 else 'signals'} must be {layout}, "
-                            f"got shape {tuple(x.shape)}")
+        raise ShiftlabError(f"{source}: {what} must be {layout}, got shape {given}")
+    if len(x) and 0 in x.shape[1:]:                  # no sample at all: load_data's "holds no images"
+        each = x.shape[2:]
+        detail = ("0 channels" if x.shape[1] == 0 else "0 samples each" if rank == 1
+                  else f"{'x'.join(map(str, each))} pixels each")
+        unit = ("channel" if x.shape[1] == 0 else "sample per signal" if rank == 1
+                else "pixel per image")
+        raise ShiftlabError(f"{source}: the {what} are empty (shape {given}: {detail}); give at "
+                            f"least one {unit}")
     check_values(x.numel(), source)
     if x.dtype == torch.bool:
         return x.float()
