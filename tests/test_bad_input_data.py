@@ -410,6 +410,40 @@ class TestEmptyInputs:
         assert x.shape == (2, 1, 1)
 
 
+# ============================================================================ spectrograms of nothing
+class TestSpectrogramsOfNothing:
+    """``spectrogram`` of 0 waveforms raised MKL's "Inconsistent configuration parameters"
+    traceback: now one line saying there is nothing to transform."""
+
+    @pytest.mark.parametrize("shape", [(0, 1000), (0, 1, 1000)])
+    @pytest.mark.parametrize("kind", ["linear", "mel", "log"])
+    def test_no_waveforms(self, kind, shape):
+        import torch
+
+        from shiftlab.spectrogram import spectrogram
+        with pytest.raises(ShiftlabError) as caught:
+            spectrogram(torch.zeros(shape), 8000, kind=kind)
+        message = str(caught.value)
+        assert message.startswith(f"no waveforms to transform (shape {shape})") and "\n" not in message
+
+    @pytest.mark.parametrize("call", ["module", "stft_magnitude"])
+    def test_every_entry_point(self, call):
+        import torch
+
+        from shiftlab.spectrogram import Spectrogram, stft_magnitude
+        run = {"module": lambda x: Spectrogram(8000)(x),
+               "stft_magnitude": lambda x: stft_magnitude(x, 256, 64)}[call]
+        with pytest.raises(ShiftlabError, match=r"no waveforms to transform \(shape \(0, 1, 512\)\)"):
+            run(torch.zeros(0, 1, 512))
+
+    def test_empty_waveforms_are_shorter_than_the_window(self):
+        import torch
+
+        from shiftlab.spectrogram import spectrogram
+        with pytest.raises(ShiftlabError, match="a signal of 0 samples is shorter than the 256-sample"):
+            spectrogram(torch.zeros(3, 0), 8000)
+
+
 # ============================================================================ warnings that leaked
 SRC = Path(__file__).resolve().parents[1] / "src"
 
