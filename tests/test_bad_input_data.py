@@ -444,6 +444,54 @@ class TestSpectrogramsOfNothing:
             spectrogram(torch.zeros(3, 0), 8000)
 
 
+# ============================================================================ signed integer audio
+class TestSignedIntegerAudio:
+    """int16 audio with negative samples was refused as "integer images must be
+    non-negative": signed integer signals are valid audio, scaled by their type's range
+    (int16 / 32768: [-1, 1)), which the result records. Images stay non-negative."""
+
+    RANGES = {"int8": 2 ** 7, "int16": 2 ** 15, "int32": 2 ** 31}
+
+    def _signals(self, tmp: Path, dtype: str, suffix: str = ".npy") -> tuple[Path, np.ndarray]:
+        info = np.iinfo(dtype)
+        x = np.random.default_rng(0).integers(info.min, info.max, (4, 1, 64), dtype=dtype, endpoint=True)
+        x[0, 0, :2] = info.min, info.max                                    # both extremes
+        return _save(tmp / f"audio-{dtype}{suffix}", x), x
+
+    @pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt"])
+    @pytest.mark.parametrize("dtype", list(RANGES))
+    def test_scaled_by_the_type_range(self, dtype, suffix, tmp_path):
+        from shiftlab.data import load_data
+        path, x = self._signals(tmp_path, dtype, suffix)
+        loaded = load_data(f"signals:{path}")
+        signals, labels = loaded
+        assert signals.dtype.is_floating_point and labels is None
+        np.testing.assert_array_equal(signals.numpy(), (x.astype(np.float64) / self.RANGES[dtype]).astype(np.float32))
+        assert float(signals.min()) == -1.0                            # the most negative sample
+        assert float(signals.max()) < 1.0 or dtype == "int32"          # float32 rounds 2**31 - 1 up
+        assert loaded.record() == {"source": f"signals:{path}",
+                                   "scaled": f"{dtype} samples / {self.RANGES[dtype]} (PCM full scale to 1)"}
+
+    def test_audited_and_recorded_from_the_command_line(self, tmp_path, capsys):
+        path, _ = self._signals(tmp_path, "int16")
+        out = tmp_path / "new" / "r.json"
+        assert _audit(["--data", f"signals:{path}"], out, model="conv1d-maxpool") == 0
+        assert capsys.readouterr().err == ""
+        data = json.loads(out.read_text())["provenance"]["data"]
+        assert data == {"source": f"signals:{path}", "scaled": "int16 samples / 32768 (PCM full scale to 1)"}
+
+    def test_negative_integer_images_are_still_refused(self, tmp_path, capsys):
+        path = _save(tmp_path / "neg.npy", np.full((2, 1, 28, 28), -3, np.int16))
+        out = tmp_path / "new" / "r.json"
+        _one_line(_audit(["--data", str(path)], out), capsys, out,
+                  "integer images must be non-negative")
+
+    def test_float_signals_record_nothing_more(self, tmp_path):
+        from shiftlab.data import load_data
+        path = _save(tmp_path / "f.npy", np.zeros((2, 1, 8), np.float32))
+        assert load_data(f"signals:{path}").record() is None
+
+
 # ============================================================================ warnings that leaked
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -449,12 +449,13 @@ class FolderStream:
 
 def merge_records(records: list[dict]) -> dict | None:
     """One :meth:`FolderStream.record` for shards read by several processes, in rank order:
-    image and skipped counts add, the skipped lists join."""
+    image and skipped counts add, the skipped lists join. Other records (data in memory,
+    :class:`~shiftlab.data.loaded.Loaded`) are the same on every rank: rank 0's is kept."""
     records = [r for r in records if r]
     if not records:
         return None
     merged = dict(records[0])
-    if len(records) > 1:
+    if len(records) > 1 and "skipped_files" in merged:
         merged["images"] = sum(r["images"] for r in records)
         merged["first_index"] = records[0]["first_index"]
         merged["skipped_files"] = sum(r["skipped_files"] for r in records)
