@@ -492,6 +492,58 @@ class TestSignedIntegerAudio:
         assert load_data(f"signals:{path}").record() is None
 
 
+# ============================================================================ synthetic speech
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory):
+    """One folder for the synthetic spoken digits, made once for the module (6 s)."""
+    return tmp_path_factory.mktemp("speech")
+
+
+class TestSyntheticSpeechIsRecorded:
+    """``spoken-digits`` without espeak-ng silently audited synthetic formant vowels: the
+    result now records where the data came from and whether they are speech. "Without
+    espeak-ng" is real: PATH holds no espeak-ng program."""
+
+    @pytest.fixture
+    def no_espeak(self, speech_dir, tmp_path, monkeypatch):
+        monkeypatch.setenv("PATH", str(tmp_path))                      # an empty folder
+        monkeypatch.setenv("SHIFTLAB_DATA", str(speech_dir))
+        monkeypatch.chdir(tmp_path)
+        from shiftlab.data.speech import espeak_path
+        assert espeak_path() is None
+
+    @pytest.mark.parametrize("spec,model,shape", [
+        ("spoken-digits", "audio-cnn", [1, 40, 81]),
+        ("spoken-digits-wave", "conv1d-maxpool", [1, 6400]),
+    ])
+    def test_the_result_says_the_data_are_synthetic(self, spec, model, shape, no_espeak, tmp_path, capsys):
+        out = tmp_path / "new" / "r.json"
+        assert _audit(["--data", spec, "--limit", "8"], out, model=model) == 0
+        p = json.loads(out.read_text())["provenance"]
+        assert p["input_shape"] == shape
+        data = p["data"]
+        assert data["source"] == f"{spec}:test" and data["synthetic"] is True
+        assert data["made_by"] == "synthetic formant vowels (espeak-ng not installed), not speech"
+        assert data["engine"] == "synthetic" and data["rate"] == 8000
+
+    def test_speech_says_it_is_speech(self):
+        """The other way round: spoken digits made by espeak-ng (as ``make data`` leaves
+        them) are recorded as speech."""
+        from shiftlab.data import load_data
+        from shiftlab.data.mnist import data_dirs
+        from shiftlab.data.speech import espeak_path
+        if espeak_path() is None or not any((d / "spoken-digits.npz").is_file() for d in data_dirs()):
+            pytest.skip("needs espeak-ng and data/spoken-digits.npz (make data)")
+        record = load_data("spoken-digits").record()
+        assert record["synthetic"] is False and record["made_by"].startswith("eSpeak NG")
+
+    def test_load_data_carries_the_record(self, no_espeak):
+        from shiftlab.data import load_data
+        loaded = load_data("spoken-digits:train")
+        assert loaded.record()["synthetic"] is True and loaded.record()["split"] == "train"
+        assert loaded.record()["front_end"]["kind"] == "mel"
+
+
 # ============================================================================ warnings that leaked
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -85,7 +85,7 @@ def _synthetic(spec: str, rest: str, seed: int) -> Tensor:
 def load_data(spec: str, split: str = "test", seed: int = 0) -> Loaded:
     """Turn a data spec (see the module doc) into ``(images, labels or None)``: a
     :class:`~shiftlab.data.loaded.Loaded` pair, whose ``record()`` says what an audit's
-    ``provenance.data`` should (scaled integer audio) or is None.
+    ``provenance.data`` should (synthetic spoken digits, scaled integer audio) or is None.
 
     ``split`` is the default split for sources that have them; a spec's own
     ``:split`` suffix wins. Every source must give at least one image.
@@ -131,11 +131,12 @@ def _load(spec: str, split: str, seed: int) -> tuple[Tensor, Tensor | None]:
     return load_array_file(spec)
 
 
-def _spoken(name: str, split: str) -> tuple[Tensor, Tensor]:
+def _spoken(name: str, split: str) -> Loaded:
     """The spoken digits (made once with espeak-ng, or its synthetic stand-in): log-mel
-    spectrograms, or with ``-wave`` the waveforms as one-channel signals."""
+    spectrograms, or with ``-wave`` the waveforms as one-channel signals; the record says
+    which of the two made them."""
     import sys
-    from .speech import load_spoken_digits, spoken_digits
+    from .speech import data_record, load_spoken_digits, spoken_digits
     say = lambda text: print(text, file=sys.stderr)
     if name == "spoken-digits":
         return load_spoken_digits(split, log=say)
@@ -143,4 +144,4 @@ def _spoken(name: str, split: str) -> tuple[Tensor, Tensor]:
         raise ShiftlabError(f"spoken-digits-wave has splits train and test, not {split!r}")
     data = spoken_digits(log=say)
     part = data.split(max(1, len(set(data.voices)) // 4), 0)[0 if split == "train" else 1]
-    return part.waveforms[:, None], part.labels
+    return Loaded(part.waveforms[:, None], part.labels, data_record(part, f"{name}:{split}", split))

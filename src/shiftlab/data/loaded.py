@@ -2,7 +2,8 @@
 
 :func:`~shiftlab.data.load_data` returns a :class:`Loaded`: the pair ``(inputs, labels or
 None)`` (it unpacks, indexes and audits as that tuple) whose :meth:`Loaded.record` says
-what the spec alone does not: that integer audio was scaled by its type's range, say. ``audit`` stores the record
+what the spec alone does not: that spoken digits are synthetic formant vowels rather than
+speech, or that integer audio was scaled by its type's range. ``audit`` stores the record
 as the result's ``provenance.data``, as it stores an image folder's.
 
 >>> import torch
