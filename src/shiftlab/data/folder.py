@@ -86,9 +86,9 @@ def _open_checked(path: Path, decode: bool):
                 if width * height > MAX_IMAGE_PIXELS:
                     raise too_large(f"{width}x{height} = {width * height:,} pixels")
                 if getattr(im, "is_animated", False) and im.format not in STILL_MULTI_FRAME:
-                    raise ShiftlabError(f"image {path} is animated ({im.n_frames} frames); "
-                                        "shiftlab reads still images: save the frame to audit "
-                                        "as a PNG, or remove it")
+                    raise ShiftlabError(f"image {path} has {im.n_frames} frames (animated or "
+                                        "multi-page); shiftlab reads still images: save the "
+                                        "frame to audit as a PNG, or remove it")
                 if not decode:
                     return height, width, _grey_palette_mode(im) or im.mode
                 im.load()
