@@ -471,7 +471,8 @@ class TestSignedIntegerAudio:
         loaded = load_data(f"signals:{path}")
         signals, labels = loaded
         assert signals.dtype.is_floating_point and labels is None
-        np.testing.assert_array_equal(signals.numpy(), (x.astype(np.float64) / self.RANGES[dtype]).astype(np.float32))
+        expected = (x.astype(np.float64) / self.RANGES[dtype]).astype(np.float32)
+        np.testing.assert_array_equal(signals.numpy(), expected)
         assert float(signals.min()) == -1.0                            # the most negative sample
         assert float(signals.max()) < 1.0 or dtype == "int32"          # float32 rounds 2**31 - 1 up
         assert loaded.record() == {"source": f"signals:{path}",
@@ -521,7 +522,7 @@ class TestSyntheticSpeechIsRecorded:
         ("spoken-digits", "audio-cnn", [1, 40, 81]),
         ("spoken-digits-wave", "conv1d-maxpool", [1, 6400]),
     ])
-    def test_the_result_says_the_data_are_synthetic(self, spec, model, shape, no_espeak, tmp_path, capsys):
+    def test_the_result_says_the_data_are_synthetic(self, spec, model, shape, no_espeak, tmp_path):
         out = tmp_path / "new" / "r.json"
         assert _audit(["--data", spec, "--limit", "8"], out, model=model) == 0
         p = json.loads(out.read_text())["provenance"]

@@ -25,8 +25,9 @@ Modes: 1-bit, 8-bit and 16-bit grey (``/ 255``, ``/ 65535``), float grey (as is)
 images whose palette holds only greys (GIFs open as palette images) as 8-bit grey; RGB,
 RGBA (alpha dropped, as torchvision's loader), other palettes, CMYK, … → RGB. A file that
 cannot be read (corrupt, truncated, not a regular file, too large, animated or multi-page,
-a float image with NaN or infinite pixels) is a one-line error naming it, or, with ``skip_bad``, skipped and counted; a worker never
-raises, it hands the error back with the batch.
+a float image with NaN or infinite pixels) is a one-line error naming it, or, with
+``skip_bad``, skipped and counted; a worker never raises, it hands the error back with the
+batch. A folder that cannot be listed (its mode) is a one-line error naming it.
 """
 from __future__ import annotations
 

@@ -303,7 +303,8 @@ def _fit_width(fig, axes, twins, widths: list[float], legend) -> None:
     renderer = fig.canvas.get_renderer()
 
     def inches(artists) -> float:
-        extents = [a.get_window_extent(renderer).width for a in artists if a.get_visible() and a.get_text()]
+        extents = [a.get_window_extent(renderer).width for a in artists
+                   if a.get_visible() and a.get_text()]
         return max(extents, default=0.0) / fig.dpi
 
     bodies = [max(w, inches([ax.title])) for ax, w in zip(axes, widths)]
