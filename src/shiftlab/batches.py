@@ -29,6 +29,9 @@ def check_batch(x, y) -> tuple[Tensor, Tensor | None]:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ShiftlabError(f"inputs must be N x C x T signals or N x C x H x W images, got "
                             f"{shape}; add a channel axis for grey images (x[:, None])")
+    if len(x) and 0 in x.shape[1:]:
+        raise ShiftlabError(f"the inputs are empty (shape {tuple(x.shape)}); give each input at "
+                            "least one channel and one sample or pixel per axis")
     if not x.is_floating_point():
         raise ShiftlabError(f"inputs must be floating point, got {x.dtype}; scale them, "
                             "e.g. x.float() / 255")

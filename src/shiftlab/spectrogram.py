@@ -147,13 +147,17 @@ def frequency_axis(kind: str, *, rate: float, n_fft: int, n_bins: int | None = N
 
 # ----------------------------------------------------------------------------- STFT
 def check_waveforms(x: Tensor, n_fft: int | None = None) -> Tensor:
-    """``x`` as ``(N, T)`` floating point, checked: finite, and at least ``n_fft`` samples."""
+    """``x`` as ``(N, T)`` floating point, checked: at least one waveform, finite, and at
+    least ``n_fft`` samples."""
     if not isinstance(x, Tensor):
         raise ShiftlabError(f"waveforms must be a torch tensor, got {type(x).__name__}")
+    given = tuple(x.shape)
     if x.ndim == 3 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 2:
-        raise ShiftlabError(f"waveforms must be (N, T) or (N, 1, T), got shape {tuple(x.shape)}")
+        raise ShiftlabError(f"waveforms must be (N, T) or (N, 1, T), got shape {given}")
+    if len(x) == 0:                                  # torch.stft's FFT fails on no signal
+        raise ShiftlabError(f"no waveforms to transform (shape {given}); give at least one")
     if not x.is_floating_point():
         raise ShiftlabError(f"waveforms must be floating point, got {x.dtype}; divide int16 by 32768")
     if not bool(torch.isfinite(x).all()):

@@ -181,7 +181,8 @@ def _data_in_memory(args):
         raise ShiftlabError(f"{', '.join(folder_only)} read{'s' if len(folder_only) == 1 else ''} "
                             f"image folders (--data folder:DIR); {args.data} is loaded whole")
     from ..data import load_data
-    x, y = load_data(args.data, split="test", seed=args.seed)
+    loaded = load_data(args.data, split="test", seed=args.seed)   # keeps its record()
+    x, y = loaded
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
     if args.canvas is not None and x.ndim == 3:
@@ -194,4 +195,4 @@ def _data_in_memory(args):
             raise ShiftlabError(f"--canvas {args.canvas} is smaller than the {h}x{w} images; "
                                 f"use --canvas {max(h, w)} or more")
         x = place_on_canvas(x, (args.canvas, args.canvas))
-    return (x, y), tuple(x.shape[1:])
+    return loaded.with_data(x, y), tuple(x.shape[1:])

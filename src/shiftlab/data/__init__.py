@@ -10,7 +10,8 @@
                                (:func:`stream_image_folder`), the rest load it in memory
 ``synthetic[:N[:CxHxW]]``      N seeded random smooth images, no labels (``:N:CxT``: signals)
 ``FILE.npz|.npy|.pt``          arrays (see :mod:`shiftlab.data.files`)
-``signals:FILE``               the same arrays read as 1-D signals ``N×C×T`` (or ``N×T``)
+``signals:FILE``               the same arrays read as 1-D signals ``N×C×T`` (or ``N×T``);
+                               signed integers are PCM audio: int16 / 32768 (recorded)
 ``spoken-digits[:train|test]`` "zero" … "nine" spoken by espeak-ng (:mod:`shiftlab.data.speech`)
                                as ``N×1×40×81`` log-mel spectrograms
 ``spoken-digits-wave[:split]`` the same words as ``N×1×6400`` waveforms (8 kHz): signals
@@ -36,6 +37,7 @@ from .folder import (FolderStream, ImageFolderDataset, load_image_folder, scan_i
                      stream_image_folder)
 from .idx import load_idx_dir, read_idx
 from .limits import MAX_IMAGE_PIXELS, MAX_VALUES, check_values
+from .loaded import Loaded
 from .mnist import find_mnist, load_mnist
 from .preprocess import IMAGENET, Preprocess, normalization
 from .synthetic import synthetic_images
@@ -47,7 +49,7 @@ __all__ = ["load_data", "synthetic_images", "place_on_canvas", "random_positions
            "centred_position", "read_idx", "load_idx_dir", "load_mnist", "find_mnist",
            "load_image_folder", "load_array_file", "MAX_VALUES", "MAX_IMAGE_PIXELS",
            "stream_image_folder", "scan_image_folder", "FolderStream", "ImageFolderDataset",
-           "Preprocess", "IMAGENET", "normalization"]
+           "Preprocess", "IMAGENET", "normalization", "Loaded"]
 
 
 def _uint8_pair(x: np.ndarray, y: np.ndarray, scale: float = 255.0) -> tuple[Tensor, Tensor]:
@@ -80,8 +82,10 @@ def _synthetic(spec: str, rest: str, seed: int) -> Tensor:
     return synthetic_images(n, shape, seed)
 
 
-def load_data(spec: str, split: str = "test", seed: int = 0) -> tuple[Tensor, Tensor | None]:
-    """Turn a data spec (see the module doc) into ``(images, labels or None)``.
+def load_data(spec: str, split: str = "test", seed: int = 0) -> Loaded:
+    """Turn a data spec (see the module doc) into ``(images, labels or None)``: a
+    :class:`~shiftlab.data.loaded.Loaded` pair, whose ``record()`` says what an audit's
+    ``provenance.data`` should (synthetic spoken digits, scaled integer audio) or is None.
 
     ``split`` is the default split for sources that have them; a spec's own
     ``:split`` suffix wins. Every source must give at least one image.
@@ -89,12 +93,13 @@ def load_data(spec: str, split: str = "test", seed: int = 0) -> tuple[Tensor, Te
     if not spec.strip():
         raise ShiftlabError("the data spec is empty; give e.g. mnist, synthetic:256 or a file "
                             "(see --help)")
-    x, y = _load(spec, split, seed)
+    loaded = _load(spec, split, seed)
+    x, y = loaded
     if len(x) == 0:
         raise ShiftlabError(f"{spec} holds no images")
     if y is not None and len(y) != len(x):
         raise ShiftlabError(f"{spec}: {len(x)} images but {len(y)} labels")
-    return x, y
+    return loaded if isinstance(loaded, Loaded) else Loaded(x, y)
 
 
 def _load(spec: str, split: str, seed: int) -> tuple[Tensor, Tensor | None]:
@@ -122,15 +127,16 @@ def _load(spec: str, split: str, seed: int) -> tuple[Tensor, Tensor | None]:
     if name in ("spoken-digits", "spoken-digits-wave"):
         return _spoken(name, rest or (split if split != "val" else "test"))
     if name == "signals":
-        return load_array_file(rest, rank=1)
+        return load_array_file(rest, rank=1, source=spec)
     return load_array_file(spec)
 
 
-def _spoken(name: str, split: str) -> tuple[Tensor, Tensor]:
+def _spoken(name: str, split: str) -> Loaded:
     """The spoken digits (made once with espeak-ng, or its synthetic stand-in): log-mel
-    spectrograms, or with ``-wave`` the waveforms as one-channel signals."""
+    spectrograms, or with ``-wave`` the waveforms as one-channel signals; the record says
+    which of the two made them."""
     import sys
-    from .speech import load_spoken_digits, spoken_digits
+    from .speech import data_record, load_spoken_digits, spoken_digits
     say = lambda text: print(text, file=sys.stderr)
     if name == "spoken-digits":
         return load_spoken_digits(split, log=say)
@@ -138,4 +144,4 @@ def _spoken(name: str, split: str) -> tuple[Tensor, Tensor]:
         raise ShiftlabError(f"spoken-digits-wave has splits train and test, not {split!r}")
     data = spoken_digits(log=say)
     part = data.split(max(1, len(set(data.voices)) // 4), 0)[0 if split == "train" else 1]
-    return part.waveforms[:, None], part.labels
+    return Loaded(part.waveforms[:, None], part.labels, data_record(part, f"{name}:{split}", split))

@@ -16,15 +16,18 @@ Reading happens in two passes:
    which must be the same for all.
 2. :class:`ImageFolderDataset` decodes one image per item (the header checked again before
    decoding) and preprocesses it (:class:`~shiftlab.data.preprocess.Preprocess`);
-   :class:`FolderStream` batches items with a DataLoader (``workers`` processes) and yields
+   :class:`FolderStream` batches items with a DataLoader (``workers`` processes, at most
+   the CPUs the process may use: more are clamped, said and recorded) and yields
    ``(images N×C×H×W in [0, 1], labels or None)``. Memory holds a few batches, never the
    folder.
 
-Modes: 1-bit, 8-bit and 16-bit grey (``/ 255``, ``/ 65535``), float grey (as is); RGB, RGBA
-(alpha dropped, as torchvision's loader), palette, CMYK, … → RGB. A file that cannot be
-read (corrupt, truncated, not a regular file, too large) is a one-line error naming it,
-or, with ``skip_bad``, skipped and counted; a worker never raises, it hands the error back
-with the batch.
+Modes: 1-bit, 8-bit and 16-bit grey (``/ 255``, ``/ 65535``), float grey (as is), palette
+images whose palette holds only greys (GIFs open as palette images) as 8-bit grey; RGB,
+RGBA (alpha dropped, as torchvision's loader), other palettes, CMYK, … → RGB. A file that
+cannot be read (corrupt, truncated, not a regular file, too large, animated or multi-page,
+a float image with NaN or infinite pixels) is a one-line error naming it, or, with
+``skip_bad``, skipped and counted; a worker never raises, it hands the error back with the
+batch. A folder that cannot be listed (its mode) is a one-line error naming it.
 """
 from __future__ import annotations
 
@@ -48,8 +51,12 @@ __all__ = ["IMAGE_SUFFIXES", "FolderIndex", "scan_image_folder", "ImageFolderDat
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+#: Multi-frame formats whose first frame is the image (a camera's JPEG with its previews);
+#: other multi-frame images (animated GIF, PNG, WebP; multi-page TIFF) are refused.
+STILL_MULTI_FRAME = ("MPO",)
 MAX_LISTED = 100             # skipped files named in the result (all are counted)
 SKIP_HINT = " (or pass --skip-bad to skip and count such files)"
+EMPTY = "empty (0 bytes)"
 
 
 # ----------------------------------------------------------------------------- one image
@@ -63,9 +70,15 @@ def _open_checked(path: Path, decode: bool):
                              "pixels (4096x4096) per image; a decompression bomb? resize or "
                              "remove it")
 
-    if not path.is_file():
+    try:
+        regular = path.is_file()
+    except OSError as err:                            # its folder cannot be entered (no x)
+        raise ShiftlabError(f"cannot read image {path}: {err.strerror or one_line(err)}") from None
+    if not regular:
         raise ShiftlabError(f"{path} is not a regular file (a FIFO, a device or a broken link); "
                             "remove it from the image folder")
+    if path.stat().st_size == 0:
+        raise ShiftlabError(f"image {path} is {EMPTY}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -73,8 +86,12 @@ def _open_checked(path: Path, decode: bool):
                 width, height = im.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise too_large(f"{width}x{height} = {width * height:,} pixels")
+                if getattr(im, "is_animated", False) and im.format not in STILL_MULTI_FRAME:
+                    raise ShiftlabError(f"image {path} has {im.n_frames} frames (animated or "
+                                        "multi-page); shiftlab reads still images: save the "
+                                        "frame to audit as a PNG, or remove it")
                 if not decode:
-                    return height, width, im.mode
+                    return height, width, _grey_palette_mode(im) or im.mode
                 im.load()
                 return im.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -85,15 +102,29 @@ def _open_checked(path: Path, decode: bool):
         raise ShiftlabError(f"cannot read image {path}: {one_line(err)}") from None
 
 
+def _grey_palette_mode(image) -> str | None:
+    """``"L"`` (``"LA"``) for a palette image (``P``, ``PA``) whose palette holds only greys,
+    from its header (GIFs open as palette images), else None."""
+    if image.mode not in ("P", "PA") or image.palette is None:
+        return None
+    try:
+        colours = np.frombuffer(image.palette.tobytes(), np.uint8)
+        colours = colours.reshape(-1, len(image.palette.mode))[:, :3]
+    except (ValueError, TypeError):                   # a raw palette: read as colour
+        return None
+    grey = len(colours) and bool((colours == colours[:, :1]).all())
+    return ("L" if image.mode == "P" else "LA") if grey else None
+
+
 def _as_pixels(image):
     """A decoded image as mode ``L``, ``F`` or ``RGB``, and the value of white (the scale)."""
-    mode = image.mode
+    mode = _grey_palette_mode(image) or image.mode
     if mode in SIXTEEN_BIT:
         return image.convert("F"), 65535.0
     if mode == "F":
         return image, 1.0
     if mode in GREY_MODES:
-        return (image if mode == "L" else image.convert("L")), 255.0
+        return (image if image.mode == "L" else image.convert("L")), 255.0
     if mode in ("P", "PA"):                           # palette transparency: through RGBA
         image = image.convert("RGBA")
     return (image if image.mode == "RGB" else image.convert("RGB")), 255.0
@@ -126,10 +157,22 @@ class FolderIndex:
         return (self.channels, *self.size)
 
 
+def _unreadable_folder(err: OSError, root: Path) -> ShiftlabError:
+    """The one line for a folder of ``root`` that cannot be listed (``err`` from listing it)."""
+    folder = err.filename if err.filename is not None else root
+    why = err.strerror or one_line(err)
+    return ShiftlabError(f"cannot read folder {folder} in image folder {root}: {why}; make it "
+                         f"readable (chmod a+rx) or move it out of {root}")
+
+
 def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[str]]:
-    """Class names (None: flat), image files with labels, ignored non-image files."""
+    """Class names (None: flat), image files with labels, ignored non-image files. A folder
+    that cannot be listed (its mode, say) is a one-line error naming it, never skipped."""
     def visible(names):
         return sorted(n for n in names if not n.startswith("."))
+
+    def refuse(err: OSError):
+        raise err
 
     try:
         entries = visible(os.listdir(root))
@@ -144,7 +187,9 @@ def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[st
         found = []
         for k, c in enumerate(classes):
             inside = []
-            for folder, dirs, names in os.walk(root / c):        # symlinked sub-folders: not followed
+            # symlinked sub-folders: not followed; an unreadable one: refused (os.walk
+            # would skip it without a word)
+            for folder, dirs, names in os.walk(root / c, onerror=refuse):
                 dirs[:] = visible(dirs)
                 inside += [Path(folder) / n for n in visible(names)]
             for path in sorted(inside, key=str):
@@ -154,14 +199,15 @@ def _list(root: Path) -> tuple[list[str] | None, list[tuple[Path, int]], list[st
                     ignored.append(str(path.relative_to(root)))
         return classes, found, ignored
     except OSError as err:                                        # an unreadable folder
-        raise ShiftlabError(f"cannot list image folder {root}: {one_line(err)}") from None
+        raise _unreadable_folder(err, root) from None
 
 
 def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = None, *,
                       skip_bad: bool = False, hint: str = "") -> FolderIndex:
     """Names and headers of an image folder (no pixels decoded): see the module doc.
 
-    One-line errors: no such folder, no images, an unreadable header (unless ``skip_bad``),
+    One-line errors: no such folder, no images, unreadable headers (unless ``skip_bad``:
+    every header is read, and the error counts them and names the first),
     an image a preprocessing step cannot apply to, images of different sizes after
     preprocessing. Warns once when grey images are read as RGB and when files are ignored.
     ``hint`` is added to the error of an unreadable file (how to skip it).
@@ -181,9 +227,7 @@ def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = Non
     for path, label in found:
         try:
             h, w, mode = _open_checked(path, decode=False)
-        except ShiftlabError as err:
-            if not skip_bad:
-                raise ShiftlabError(f"{err}{hint}") from None
+        except ShiftlabError as err:                  # counted; refused after the scan
             bad.append(BadImage(str(path), str(err)))
             continue
         sizes.setdefault(preprocess.output_size((h, w), f"image {path}"), str(path))
@@ -197,6 +241,12 @@ def scan_image_folder(directory: str | Path, preprocess: Preprocess | None = Non
         files.append(str(path))
         labels.append(label)
         modes.append(mode)
+    if bad and not skip_bad:
+        if len(bad) == 1:
+            raise ShiftlabError(f"{bad[0].reason}{hint}")
+        empty = sum(b.reason.endswith(EMPTY) for b in bad)
+        raise ShiftlabError(f"{len(bad)} images in {root} are empty or unreadable ({empty} empty); "
+                            f"the first: {bad[0].reason}{hint}")
     if not files:
         raise ShiftlabError(f"no image of {root} could be read ({len(bad)} skipped, the first: "
                             f"{bad[0].reason})")
@@ -236,6 +286,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return BadImage(path, str(err))
         except Exception as err:                      # noqa: BLE001 - a decoder's odd failure
             return BadImage(path, f"cannot read image {path}: {one_line(err)}")
+        if not np.isfinite(array).all():              # float images (TIFF mode F) only
+            return BadImage(path, f"image {path} holds NaN or infinite pixels; fix or remove it")
         if array.shape[0] == 1 and self.index.channels == 3:
             array = np.repeat(array, 3, axis=0)
         if array.shape != self.index.sample_shape:
@@ -255,6 +307,15 @@ def collate_images(items: list) -> tuple[Tensor | None, Tensor, list[BadImage]]:
 
 
 # ----------------------------------------------------------------------------- the stream
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as ``taskset`` or a container's
+    cpuset sets it; else every CPU): the DataLoader's advice for its worker count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):                # no affinity on macOS and Windows
+        return os.cpu_count() or 1
+
+
 class FolderStream:
     """Batches ``(images N×C×H×W, labels or None)`` of an image folder, decoded lazily by a
     DataLoader with ``workers`` processes, in sorted-path order.
@@ -272,6 +333,12 @@ class FolderStream:
             raise ShiftlabError(f"workers must be 0 (read in this process) or more, got {workers}")
         if batch_size < 1:
             raise ShiftlabError(f"batch size must be at least 1, got {batch_size}")
+        self.workers_asked, cpus = workers, usable_cpus()
+        if workers > cpus:                    # the DataLoader would warn, and gain nothing
+            warnings.warn(f"--workers {workers} is more than the {cpus} CPU"
+                          f"{'s' if cpus != 1 else ''} this process may use; reading with "
+                          f"{cpus} worker{'s' if cpus != 1 else ''}", stacklevel=2)
+            workers = cpus
         self.index, self.preprocess = index, preprocess or Preprocess()
         self.batch_size, self.workers, self.skip_bad = batch_size, workers, skip_bad
         self.indices = indices if indices is not None else range(len(index.files))
@@ -344,9 +411,11 @@ class FolderStream:
         n, size = len(self.indices), self.batch_size
         run = block(-(-n // size), rank, world)
         block = self.indices[run.start * size:min(run.stop * size, n)]
-        return FolderStream(self.index, self.preprocess, batch_size=self.batch_size,
-                            workers=self.workers, skip_bad=self.skip_bad, indices=block,
-                            scan_bad=self.scan_bad and rank == 0)
+        shard = FolderStream(self.index, self.preprocess, batch_size=self.batch_size,
+                             workers=self.workers, skip_bad=self.skip_bad, indices=block,
+                             scan_bad=self.scan_bad and rank == 0)
+        shard.workers_asked = self.workers_asked
+        return shard
 
     def record(self) -> dict:
         """Where the images came from and how they were prepared, as data."""
@@ -367,18 +436,27 @@ class FolderStream:
             "order": "sorted by path (the same for any number of workers)",
             "reader": f"Pillow {pillow}",
             "preprocess": self.preprocess.record(),
-            "loader": {"batch_size": self.batch_size, "workers": self.workers},
+            "loader": self._loader_record(),
         }
+
+    def _loader_record(self) -> dict:
+        loader = {"batch_size": self.batch_size, "workers": self.workers}
+        if self.workers_asked != self.workers:
+            loader.update(workers_asked=self.workers_asked,
+                          workers_clamped="at most the CPUs this process may use "
+                                          "(os.sched_getaffinity), as the DataLoader advises")
+        return loader
 
 
 def merge_records(records: list[dict]) -> dict | None:
     """One :meth:`FolderStream.record` for shards read by several processes, in rank order:
-    image and skipped counts add, the skipped lists join."""
+    image and skipped counts add, the skipped lists join. Other records (data in memory,
+    :class:`~shiftlab.data.loaded.Loaded`) are the same on every rank: rank 0's is kept."""
     records = [r for r in records if r]
     if not records:
         return None
     merged = dict(records[0])
-    if len(records) > 1:
+    if len(records) > 1 and "skipped_files" in merged:
         merged["images"] = sum(r["images"] for r in records)
         merged["first_index"] = records[0]["first_index"]
         merged["skipped_files"] = sum(r["skipped_files"] for r in records)

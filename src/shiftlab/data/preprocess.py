@@ -154,7 +154,10 @@ class Preprocess:
             array = canvas
         if scale != 1:
             array = array / np.float32(scale)
-        return np.ascontiguousarray(array, dtype=np.float32)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        # a float image (mode F) not resized, cropped nor scaled is still Pillow's read-only
+        # buffer, which torch.from_numpy warns about
+        return array if array.flags.writeable else array.copy()
 
     def record(self) -> dict:
         """The pipeline as data, for the result's provenance."""
@@ -207,7 +210,26 @@ def normalization(spec) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
         raise ShiftlabError(f"normalisation means must be finite and stds positive, got mean "
                             f"{list(mean)}, std {list(std)}")
+    _check_float32(mean, std)
     return mean, std
+
+
+def _check_float32(mean, std) -> None:
+    """A one-line error when float32 (the inputs' precision) cannot hold a mean, or a std
+    as a normal number: a std that underflows to 0 or is subnormal makes ``1 / std``
+    infinite, one that overflows makes every input 0."""
+    f32 = np.finfo(np.float32)
+    for kind, values in (("mean", mean), ("std", std)):
+        for v in values:
+            with np.errstate(over="ignore"):
+                held = np.float32(v)
+            what = ("infinite" if not np.isfinite(held) else
+                    "0" if held == 0 and v != 0 else
+                    "subnormal" if kind == "std" and held < f32.tiny else None)
+            if what:
+                raise ShiftlabError(f"normalisation {kind} {v:g} is {what} in float32, the "
+                                    f"inputs' precision; give means and stds float32 holds (stds "
+                                    f"from {float(f32.tiny):.3g} to {float(f32.max):.3g})")
 
 
 def check_channels(norm, channels: int, what: str = "the inputs have") -> None:

@@ -7,7 +7,8 @@ resamples it to ``rate`` (:func:`~shiftlab.data.audio.resample`), scales its pea
 and stores the exact int16 samples, labels and generation parameters in an ``.npz``
 (written atomically, with fixed zip timestamps: the same settings give the same bytes).
 Later calls read that file. Without espeak-ng it says so once and renders the same list
-as synthetic formant vowels (:mod:`shiftlab.data.vowels`); the file's ``meta`` says which.
+as synthetic formant vowels (:mod:`shiftlab.data.vowels`); the file's ``meta`` says which,
+and so does an audit's ``provenance.data`` (:func:`data_record`: ``synthetic``, ``made_by``).
 
 The list: for each voice and word, ``takes`` draws of speed (words per minute, espeak
 ``-s``) and pitch (espeak ``-p``, 0–99, 50 normal) from a generator seeded by ``seed``.
@@ -38,12 +39,13 @@ from torch import Tensor
 from ..errors import ShiftlabError
 from ..io import atomic_path, check_writable
 from .audio import fit_length, read_wav, resample
+from .loaded import Loaded
 from .mnist import data_dirs
 from .vowels import synthetic_voice, synthetic_word
 
 __all__ = ["WORDS", "VOICES", "ESPEAK_INSTALL", "SpokenDigits", "spoken_digits", "espeak_path",
            "render_espeak", "render_clips", "clip_list", "write_npz_exact", "FRONT_END",
-           "load_spoken_digits"]
+           "load_spoken_digits", "data_record"]
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 VOICES = ("en-us+m1", "en-us+m3", "en-us+m5", "en-us+m7", "en-us+f1", "en-us+f3",
@@ -307,16 +309,26 @@ def spoken_digits(path: str | Path | None = None, *, seed: int = 0, rate: int = 
     return _read(path, settings)
 
 
-def load_spoken_digits(split: str = "test", seed: int = 0, log=print, **settings) -> tuple[Tensor, Tensor]:
+def load_spoken_digits(split: str = "test", seed: int = 0, log=print, **settings) -> Loaded:
     """The set as ``(N×1×F×T log-mel spectrograms, labels)`` (:data:`FRONT_END`), for a
     ``spoken-digits[:train|test]`` data spec: ``test`` holds a quarter of the voices (at least
-    one), drawn by ``seed``, ``train`` the rest. ``settings`` go to :func:`spoken_digits`."""
+    one), drawn by ``seed``, ``train`` the rest. ``settings`` go to :func:`spoken_digits`.
+    The record (:func:`data_record`) says whether the clips are speech."""
     from ..spectrogram import spectrogram
     if split not in ("train", "test"):
         raise ShiftlabError(f"spoken-digits has splits train and test, not {split!r}")
     data = spoken_digits(seed=seed, log=log, **settings)
     part = data.split(max(1, len(set(data.voices)) // 4), seed)[0 if split == "train" else 1]
-    return spectrogram(part.waveforms, part.rate, **FRONT_END), part.labels
+    return Loaded(spectrogram(part.waveforms, part.rate, **FRONT_END), part.labels,
+                  data_record(part, f"spoken-digits:{split}", split, front_end=dict(FRONT_END)))
+
+
+def data_record(data: SpokenDigits, source: str, split: str, **extra) -> dict:
+    """What a result records of spoken digits read by the data spec ``source``: above all
+    whether they are speech (espeak-ng) or synthetic formant vowels (espeak-ng missing)."""
+    return {"source": source, "synthetic": data.synthetic, "made_by": data.meta.get("source"),
+            "engine": data.meta.get("engine"), "rate": data.rate, "split": split,
+            "voices": sorted(set(data.voices)), **extra}
 
 
 def main(argv=None) -> int:

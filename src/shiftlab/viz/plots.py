@@ -241,7 +241,7 @@ def draw_layer_errors(results: Results):
                            width_ratios=widths)
     fig.set_figwidth(sum(widths) + 1.1 * len(named) + (1.45 if shared else 1.45 * len(named)) + 0.65)
     cmap = plt.get_cmap("viridis").with_extremes(bad=NOT_COMPARED)
-    image = None
+    image, twins = None, []
     for k, (ax, (name, result)) in enumerate(zip(axes[0], named.items())):
         indices, ticks, groups = columns[name]
         layers = result.layers
@@ -271,6 +271,7 @@ def draw_layer_errors(results: Results):
         p = result.provenance
         ax.set_title(f"{p.model} · {p.protocol} shifts {p.shifts}", fontsize=8.5)
         verdicts = ax.twinx()
+        twins.append(verdicts)
         verdicts.set_ylim(ax.get_ylim())
         verdicts.grid(False)
         verdicts.tick_params(length=0, pad=3)
@@ -288,8 +289,31 @@ def draw_layer_errors(results: Results):
                       label="exact comparison (the stride divides the shift); others: best alignment"),
                Patch(facecolor=NOT_COMPARED, edgecolor="#8c8c8c", hatch="////",
                      label="not comparable (nothing left to compare)")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(named) > 1 else 1, fontsize=7)
+    legend = fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(named) > 1 else 1,
+                        fontsize=7)
+    _fit_width(fig, list(axes[0]), twins, widths, legend)
     return fig
+
+
+def _fit_width(fig, axes, twins, widths: list[float], legend) -> None:
+    """Widen ``fig`` so that each panel holds its title, its labels either side and its
+    cells (``widths``, inches), and the figure its ``legend``: with few shift columns (a
+    1-D audit, a short range) they did not fit, and the constrained layout gave up and
+    warned. The panels' width ratios become what each needs."""
+    renderer = fig.canvas.get_renderer()
+
+    def inches(artists) -> float:
+        extents = [a.get_window_extent(renderer).width for a in artists
+                   if a.get_visible() and a.get_text()]
+        return max(extents, default=0.0) / fig.dpi
+
+    bodies = [max(w, inches([ax.title])) for ax, w in zip(axes, widths)]
+    sides = [inches(ax.get_yticklabels()) + inches(twin.get_yticklabels()) + 0.35
+             for ax, twin in zip(axes, twins)]
+    need = max(sum(bodies) + sum(sides) + 0.9,                       # + the colour bar
+               legend.get_window_extent(renderer).width / fig.dpi + 0.4)
+    axes[0].get_gridspec().set_width_ratios(bodies)
+    fig.set_figwidth(max(fig.get_figwidth(), need))
 
 
 # ----------------------------------------------------------------------------- output stability
