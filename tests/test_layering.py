@@ -165,3 +165,38 @@ def test_the_command_line_starts_without_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+#: The floors of DESIGN.md's flow, lowest first: a module imports only from its own floor or
+#: below (an import up a floor is an arrow against the flow). Prefixes end in ".".
+FLOORS = [
+    ("ground", ["errors", "fmt", "typed_json", "shapes", "io", "device", "distributed", "shifts",
+                "spectrogram", "protocols", "data."]),
+    ("actions", ["actions", "config", "data.canvas"]),
+    ("layers and models", ["layers.", "convert", "models.", "loading"]),
+    ("the law", ["probe", "law", "metrics", "result", "batches"]),
+    ("the engine's parts", ["plan", "observers", "testing", "lie", "periodic", "export"]),
+    ("the engine", ["audit"]),
+    ("what uses it", ["train", "weights", "experiments.", "viz.", "report", "demo", "cli.",
+                      "cli", "__main__"]),
+]
+
+
+def _floor(module: str) -> int:
+    """A module's floor: its own name first, else the longest package prefix."""
+    name = module.removeprefix("shiftlab.")
+    for level, (_, members) in enumerate(FLOORS):
+        if name in members:
+            return level
+    prefixes = [(len(m), level) for level, (_, members) in enumerate(FLOORS)
+                for m in members if m.endswith(".") and name.startswith(m)]
+    assert prefixes, f"{module} has no floor in FLOORS: give it one"
+    return max(prefixes)[1]
+
+
+def test_no_import_points_up_a_floor():
+    graph = _graph()
+    up = [f"{a} ({FLOORS[_floor(a)][0]}) -> {b} ({FLOORS[_floor(b)][0]})"
+          for a, targets in sorted(graph.items()) for b in sorted(targets)
+          if b in graph and _floor(b) > _floor(a)]
+    assert not up, "imports up a floor:\n" + "\n".join(up)
