@@ -75,3 +75,15 @@ def test_crop_offsets_are_recorded(capsys, tmp_path):
                  "--crop-offsets", "inclusive", "--out", str(out)]) == 0
     assert "[0, D] (every window position)" in capsys.readouterr().out
     assert '"pair_offsets": "crop window offsets uniform in [0, D]' in out.read_text()
+
+
+# --- empty inputs through the Python API ------------------------------------------------------
+@pytest.mark.parametrize("shape", [(2, 1, 0, 28), (2, 1, 28, 0), (2, 0, 28, 28), (3, 1, 0), (3, 0, 40)])
+def test_empty_inputs_are_named_as_empty_not_as_a_margin(shape):
+    """A 0-height image or a 0-length signal was reported as a margin problem."""
+    import torch
+    from shiftlab import ShiftlabError, audit
+    from shiftlab.models import create_model
+    model = create_model("conv-circular" if len(shape) == 4 else "conv1d-circular")
+    with pytest.raises(ShiftlabError, match=r"the inputs are empty \(shape"):
+        audit(model, torch.zeros(shape))
