@@ -252,13 +252,16 @@ class ShiftAction:
     """A translation protocol: how it moves inputs and the feature maps they produce.
 
     Subclasses set ``name``, ``circular`` (do feature positions wrap around),
-    ``integer`` (are shifts whole pixels), ``inexact`` (what an alignment is called when
-    the stride does not divide the shift) and ``default_shifts``, and implement
-    :meth:`__call__`.
+    ``fills`` (does content that leaves the frame give way to a fill value: the law then
+    compares only feature positions whose receptive field met neither the band that left
+    nor the band that entered), ``integer`` (are shifts whole pixels), ``inexact`` (what
+    an alignment is called when the stride does not divide the shift) and
+    ``default_shifts``, and implement :meth:`__call__`.
     """
 
     name: ClassVar[str] = "shift"
     circular: ClassVar[bool] = True
+    fills: ClassVar[bool] = False
     integer: ClassVar[bool] = True
     inexact: ClassVar[str] = "nearest"
     default_shifts: ClassVar[str] = "-4:4"
@@ -372,6 +375,7 @@ class CanvasShift(ShiftAction):
     fill: float = 0.0
     name: ClassVar[str] = "canvas"
     circular: ClassVar[bool] = False
+    fills: ClassVar[bool] = True
 
     def __post_init__(self):
         if not math.isfinite(self.fill):

@@ -200,7 +200,8 @@ def wrap_reach(model: nn.Module, example: Tensor, layers: Iterable[str],
     every ``(axis, d)`` in ``shifts`` (axis 0 = rows, 1 = columns) this fills exactly that
     wrapped band of ``example`` with NaN and runs the model: NaN spreads through every
     convolution, pooling and activation that reads it, so a feature position is NaN iff its
-    receptive field covers a wrapped pixel (whatever the weights and values).
+    receptive field covers a wrapped pixel (whatever the weights and values). The same
+    bands are what a canvas shift fills (``d``) and loses (``-d``): the law measures both.
 
     Returns ``{layer: {(axis, d): (size along axis,) bool}}``, true where reached, for
     the 4-D outputs of ``layers`` and of the model (``"output"``). Raises :class:`ShiftlabError` if the model cannot run
