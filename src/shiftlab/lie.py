@@ -151,8 +151,9 @@ class _Call:
 def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Call]:
     """Every call of the attributed units, with its maps' scales. A map of cumulative stride
     ``s`` moves by ``t·N/(2s)`` pixels when the input (``N`` pixels) moves by ``t·N/2``; ``s``
-    is measured as in :mod:`shiftlab.probe`, from one image and one ``STRIDE_PROBE_PAD`` larger."""
-    from .probe import STRIDE_PROBE_PAD
+    is the probe's measurement (:func:`shiftlab.probe.measure_strides`), from one image and
+    :func:`~shiftlab.probe.stride_probe_input`'s larger one."""
+    from .probe import measure_strides, stride_probe_input
 
     rank = x.ndim - 2
     example = x[:1]
@@ -178,7 +179,7 @@ def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Cal
 
     base = forward(example)
     try:
-        big = forward(torch.nn.functional.pad(example, (0, STRIDE_PROBE_PAD) * rank))
+        big = forward(stride_probe_input(example))
     except Exception:                          # a head sized for one input size
         big = {k: list(v) for k, v in sizes.items()}
     n0 = example.shape[2:]
@@ -186,17 +187,10 @@ def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Cal
     def pixels(small, large):
         if small is None:
             return None
-        per_axis = []
-        for a, n in enumerate(small):
-            grown = None if large is None else large[a] - n
-            if grown is None:                  # not reached at the larger size: the size ratio
-                stride = n0[a] / n
-            elif grown <= 0:                   # does not grow: global pooling, not a map of positions
-                return None
-            else:
-                stride = STRIDE_PROBE_PAD / grown
-            per_axis.append(n0[a] / 2 / stride)
-        return tuple(per_axis)
+        strides = measure_strides(tuple(n0), small, large)
+        if any(s is None or s == math.inf for s in strides):
+            return None                        # does not grow (global pooling) or shrinks: not a map of positions
+        return tuple(n / 2 / s for n, s in zip(n0, strides))
 
     def at(table, key, c):
         values = table.get(key, [])
