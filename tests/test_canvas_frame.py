@@ -11,7 +11,7 @@ from shiftlab import audit
 from shiftlab.actions import CanvasShift, CircularShift
 from shiftlab.data import load_data
 from shiftlab.law import layer_geometries
-from shiftlab.models.pretrained import load_pretrained
+from shiftlab.weights import load_pretrained
 from shiftlab.probe import infer_layers
 from shiftlab.testing import assert_shift_equivariant, shift_errors
 

@@ -132,7 +132,7 @@ def test_cli_runs_an_experiment_and_lists_them(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- shipped weights
 def test_receptive_fields_by_default_uses_the_shipped_lenet_wolf(tmp_path):
-    from shiftlab.models.pretrained import provenance
+    from shiftlab.weights import provenance
     data = rf.compute(log=_quiet, out=tmp_path)
     weights = data["settings"]["weights"]
     assert weights["source"] == "shipped" and weights["sha256"] == provenance("lenet-wolf")["sha256"]
