@@ -168,7 +168,7 @@ def test_experiment_model_describes_shipped_weights(tmp_path):
 
 def test_experiment_model_retrains_with_the_entry_settings(tmp_path, monkeypatch):
     from shiftlab.experiments.trained import FOLDER, experiment_model
-    from shiftlab.models import pretrained
+    from shiftlab import weights as pretrained
     tiny = pretrained.Pretrained("tiny-p4", "p4-cnn", epochs=1, canvas=29, limit=128, batch_size=64)
     monkeypatch.setitem(pretrained.PRETRAINED, "tiny-p4", tiny)
     lines = []
