@@ -42,7 +42,7 @@ demo: $(STAMP) $(MNIST)
 # Seeded `shiftlab train` runs, one per folder of weights/ (order: baselines first); bitwise
 # reproducible on CPU for the same versions and torch thread count. About 25 min on 2 cores.
 weights: $(STAMP) $(MNIST)
-	$(BIN)/python -m shiftlab.models.pretrained
+	$(BIN)/python -m shiftlab.weights
 
 results: $(STAMP) $(MNIST)
 	$(BIN)/python benchmarks/demo_table.py

@@ -34,7 +34,7 @@ import torch
 from shiftlab.audit import audit
 from shiftlab.data import load_data
 from shiftlab.demo import RUNS
-from shiftlab.models.pretrained import load_pretrained, provenance
+from shiftlab.weights import load_pretrained, provenance
 
 CANVAS_GRID = "-4:4"
 CIRCULAR_GRID = "-2:2"

@@ -11,7 +11,7 @@ import json
 from shiftlab.data import load_data
 from shiftlab.lie import lie_derivative
 from shiftlab.loading import load_trained
-from shiftlab.models.pretrained import PRETRAINED
+from shiftlab.weights import PRETRAINED
 
 MODELS = ["lenet-wolf", "lenet-wolf-shift3", "lenet-wolf-maxpool", "lenet-wolf-maxpool-blur",
           "lenet-wolf-maxpool-aps"]

@@ -21,7 +21,7 @@ import torch
 
 from shiftlab import audit
 from shiftlab.data import load_data
-from shiftlab.models.pretrained import PRETRAINED, load_pretrained, pretrained_folder
+from shiftlab.weights import PRETRAINED, load_pretrained, pretrained_folder
 
 NETS = {"max-pool (baseline)": "lenet-wolf-maxpool", "BlurPool 3": "lenet-wolf-maxpool-blur",
         "BlurPool 5": "lenet-wolf-maxpool-blur5", "APS": "lenet-wolf-maxpool-aps",

@@ -142,12 +142,20 @@ def test_constant_model_is_perfectly_stable():
 
 # --- the engine equals a naive oracle --------------------------------------------------
 def _naive_errors(model, x, protocol, shifts, layer, stride, margin):
+    """Brute force. Under the canvas protocol a position also counts only where the layer is
+    defined as a shift: it is not NaN when the fill that entered ``T_δ x`` is NaN, and its
+    source is not NaN when the content of ``x`` that left the frame is NaN (2-D bands)."""
     action = make_action(protocol)
+    nan = float("nan")
     with Probe(model, [layer]) as probe, torch.no_grad():
         ref = probe(action.reference(x))[layer]
         errors = []
         for d in shifts:
             out = probe(action(x, d))[layer]
+            if action.fills:
+                entered = probe(canvas_shift(x, d, fill=nan))[layer].isnan().any(1)
+                lost = canvas_shift(canvas_shift(x, d), tuple(-v for v in d), fill=nan)
+                left = probe(lost)[layer].isnan().any(1, keepdim=True)
             q = (d[0] / stride, d[1] / stride)
             cands = set(itertools.product({int(q[0] // 1), -int(-q[0] // 1)},
                                           {int(q[1] // 1), -int(-q[1] // 1)}))
@@ -156,6 +164,8 @@ def _naive_errors(model, x, protocol, shifts, layer, stride, margin):
                 kt = torch.tensor([k] * len(x))
                 moved = action.on_features(ref, kt)
                 mask = action.valid_mask(tuple(out.shape[-2:]), kt, margin)
+                if action.fills:
+                    mask = mask & ~entered & ~action.on_features(left.double(), kt)[:, 0].bool()
                 d2, r2 = masked_sq_norms(out, moved, mask)
                 if best_d is None:
                     best_d, best_r = d2, r2

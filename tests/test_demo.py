@@ -44,7 +44,7 @@ def test_demo_pieces_end_to_end_and_reuse(tmp_path, capsys):
 def test_the_demo_runs_every_image_experiment_and_its_models_are_the_shipped_ones():
     from shiftlab.demo import RUNS
     from shiftlab.experiments import EXPERIMENTS
-    from shiftlab.models.pretrained import PRETRAINED
+    from shiftlab.weights import PRETRAINED
     # all eight seed experiments; the speech one makes its data and trains: run on its own
     assert DemoSettings().experiments == tuple(n for n in EXPERIMENTS if n != "time-vs-frequency")
     assert len(DemoSettings().experiments) == 8 and "time-vs-frequency" in EXPERIMENTS
@@ -57,7 +57,7 @@ def test_the_demo_runs_every_image_experiment_and_its_models_are_the_shipped_one
 
 def test_the_demo_copies_the_shipped_weights_and_trains_nothing(tmp_path, capsys):
     from shiftlab.demo import RUNS, train_runs
-    from shiftlab.models.pretrained import ROOT
+    from shiftlab.weights import ROOT
     settings = DemoSettings(runs=RUNS[:2], experiments=())
     records = train_runs(tmp_path, settings)
     out = capsys.readouterr().out

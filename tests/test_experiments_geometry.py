@@ -132,7 +132,7 @@ def test_cli_runs_an_experiment_and_lists_them(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- shipped weights
 def test_receptive_fields_by_default_uses_the_shipped_lenet_wolf(tmp_path):
-    from shiftlab.models.pretrained import provenance
+    from shiftlab.weights import provenance
     data = rf.compute(log=_quiet, out=tmp_path)
     weights = data["settings"]["weights"]
     assert weights["source"] == "shipped" and weights["sha256"] == provenance("lenet-wolf")["sha256"]
@@ -168,7 +168,7 @@ def test_experiment_model_describes_shipped_weights(tmp_path):
 
 def test_experiment_model_retrains_with_the_entry_settings(tmp_path, monkeypatch):
     from shiftlab.experiments.trained import FOLDER, experiment_model
-    from shiftlab.models import pretrained
+    from shiftlab import weights as pretrained
     tiny = pretrained.Pretrained("tiny-p4", "p4-cnn", epochs=1, canvas=29, limit=128, batch_size=64)
     monkeypatch.setitem(pretrained.PRETRAINED, "tiny-p4", tiny)
     lines = []

@@ -12,7 +12,7 @@ import torch
 from shiftlab.cli import build_parser
 from shiftlab.data import load_data, place_on_canvas
 from shiftlab.errors import ShiftlabError
-from shiftlab.models.pretrained import (PRETRAINED, RECORD_FILE, ROOT, WEIGHTS_FILE, in_order,
+from shiftlab.weights import (PRETRAINED, RECORD_FILE, ROOT, WEIGHTS_FILE, in_order,
                                         load_pretrained, main, pretrained_folder, provenance, retrain,
                                         sha256, stamp, tensors_sha256, versions)
 from shiftlab.train import accuracy
@@ -128,14 +128,14 @@ def test_stamp_drops_the_checkpoint_and_records_the_provenance(tmp_path):
 
 def test_make_weights_runs_the_pretrained_module():
     makefile = (ROOT.parent / "Makefile").read_text()
-    assert "-m shiftlab.models.pretrained" in makefile.split("\nweights:")[1].split("\n\n")[0]
-    done = subprocess.run([sys.executable, "-m", "shiftlab.models.pretrained", "no-such-weights"],
+    assert "-m shiftlab.weights" in makefile.split("\nweights:")[1].split("\n\n")[0]
+    done = subprocess.run([sys.executable, "-m", "shiftlab.weights", "no-such-weights"],
                           capture_output=True, text=True, cwd=ROOT.parent)
     assert done.returncode == 2 and "no shipped weights named no-such-weights" in done.stderr
 
 
 def test_the_weights_readme_is_the_catalogue_with_the_recorded_accuracies():
-    from shiftlab.models.pretrained import readme
+    from shiftlab.weights import readme
     text = (ROOT / "README.md").read_text()
     assert text == readme()
     for name in NAMES:
@@ -171,3 +171,28 @@ def test_make_weights_reproduces_a_shipped_entry(tmp_path):
     assert abs(again["test_accuracy"] - shipped["test_accuracy"]) < 0.003
     assert not (tmp_path / "weights" / name / "checkpoint.pt").exists()
     assert (tmp_path / "weights" / "README.md").is_file() and len(lines) == 2
+
+
+def test_the_zoo_imports_neither_the_trainer_nor_the_loader_nor_the_catalogue():
+    """Guards the layering: the weights catalogue lives above the zoo (``shiftlab.weights``),
+    so no module of ``shiftlab.models`` imports ``train``, ``loading`` or ``weights``, also
+    not inside a function (``models/pretrained.py`` did)."""
+    import ast
+
+    import shiftlab
+    models = Path(shiftlab.__file__).parent / "models"
+    above = {"shiftlab.train", "shiftlab.loading", "shiftlab.weights"}
+    found = []
+    for path in sorted(models.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ["shiftlab", "shiftlab.models"][node.level == 1]
+                target = f"{base}.{node.module}" if node.module else base
+                names = [f"{target}.{a.name}" for a in node.names] + [target]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            else:
+                continue
+            found += [(path.name, n) for n in names if n in above]
+    assert found == []
+    assert not (models / "pretrained.py").exists()

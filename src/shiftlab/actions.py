@@ -255,7 +255,8 @@ class ShiftAction(Protocol):
     """A translation protocol: how it moves inputs and the feature maps they produce.
 
     Subclasses inherit their declaration from :mod:`shiftlab.protocols` (``name``,
-    ``circular``: do feature positions wrap around, ``integer``: are shifts whole pixels,
+    ``circular``: do feature positions wrap around, ``fills``: does content that leaves the
+    frame give way to a fill value, ``integer``: are shifts whole pixels,
     ``inexact``: what an alignment is called when the stride does not divide the shift,
     ``default_shifts`` and the capability flags) and implement :meth:`__call__`.
     """

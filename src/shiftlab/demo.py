@@ -3,7 +3,7 @@
 Steps (each prints one progress line, with its time):
 
 1. **models**: the demo models (:data:`RUNS`) in ``out/models/NAME/``. By default they are
-   the weights shipped in ``weights/NAME/`` (:mod:`shiftlab.models.pretrained`; trained by
+   the weights shipped in ``weights/NAME/`` (:mod:`shiftlab.weights`; trained by
    ``make weights`` with ``shiftlab train``, ≥ 98 % on all 10,000 MNIST test digits), copied
    with their ``train.json``. With ``retrain`` every run is trained again with the same
    settings (a run that has no shipped weights is always trained; one whose ``train.json``
@@ -34,7 +34,7 @@ import torch
 
 from .experiments import EXPERIMENTS
 from .fmt import pct, points
-from .models.pretrained import PRETRAINED
+from .weights import PRETRAINED
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _say(step: str, message: str) -> None:
 def use_shipped(folder: Path, name: str) -> dict:
     """Copy the shipped weights ``name`` and their ``train.json`` into ``folder`` (unless the
     same files are there already); return the training record."""
-    from .models.pretrained import RECORD_FILE, WEIGHTS_FILE, pretrained_folder
+    from .weights import RECORD_FILE, WEIGHTS_FILE, pretrained_folder
     source = pretrained_folder(name)
     for file in (WEIGHTS_FILE, RECORD_FILE):
         target = folder / file

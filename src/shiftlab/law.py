@@ -13,8 +13,10 @@ fractional protocol, the map is Fourier-shifted by ``δ/s``. Only positions defi
 both maps count: for non-circular protocols the overlap (minus a margin); for a circular
 protocol on a map it does not roll (a layer that changed the map size, such as a valid
 convolution's 24×24 map of a 28×28 input), the positions whose receptive field did not
-wrap, as :func:`shiftlab.probe.wrap_reach` measures them; where nothing is left the layer
-is *not comparable* at that shift.
+wrap, as :func:`shiftlab.probe.wrap_reach` measures them; for a protocol that fills what
+leaves the frame (canvas), the positions whose receptive field met neither the band of
+content that left nor the band of fill that entered, measured the same way. Where nothing
+is left the layer is *not comparable* at that shift.
 
 Everything here returns data: the audit engine folds it into streaming metrics,
 :mod:`shiftlab.testing` turns it into assertions, experiments and figures read it.
@@ -91,6 +93,13 @@ class LayerGeometry:
     from :func:`~shiftlab.probe.wrap_reach`; None when it could not be traced) says no
     wrapped input pixel arrives. ``margin``: positions this close to a border are ignored
     (non-circular protocols).
+
+    ``frame``: the protocol fills what leaves the frame (:attr:`ShiftAction.fills
+    <shiftlab.actions.ShiftAction.fills>`): a zero-padded convolution is exact there only
+    where its receptive field meets neither the band of content that left (in ``φ(x)``)
+    nor the band of fill that entered (in ``φ(T_δ x)``), so only those positions are
+    compared, as ``reach`` says for the band of each sign. :func:`layer_geometries`
+    measures it; :meth:`of` and :meth:`same_size` alone compare the whole overlap.
     """
 
     stride: int | None
@@ -99,6 +108,7 @@ class LayerGeometry:
     rolls: bool = True
     reach: dict | None = None
     margin: int = 0
+    frame: bool = False
 
     @classmethod
     def of(cls, action: ShiftAction, stride: int | None, size: Sequence[int],
@@ -117,16 +127,60 @@ class LayerGeometry:
 
     @property
     def needs_reach(self) -> bool:
-        return not self.rolls and self.reach is None
+        return (not self.rolls or self.frame) and self.reach is None
 
-    def bounds(self, shift: Sequence[float]):
-        """Output positions per axis ``((lo, hi), …)`` no wrapped pixel reaches; None when
-        every position may be compared; ``()`` when none may (a sub-pixel shift moves
-        every input pixel, or the reach could not be traced)."""
-        if self.rolls:
+    @property
+    def note(self) -> str | None:
+        """What the comparison leaves out beyond the overlap, in words (None: nothing)."""
+        if self.frame:
+            return ("content leaves the frame and the fill enters, so compared only where "
+                    "its receptive field met neither the band that left nor the band that "
+                    "entered")
+        if not self.rolls:
+            return ("the layer changes the map size, so a circular shift of the input is "
+                    "not a roll of its map: compared only where its receptive field did "
+                    "not wrap")
+        return None
+
+    @property
+    def not_comparable_note(self) -> str:
+        """Why nothing was compared at any non-zero shift, in words."""
+        if self.needs_reach:
+            bands = "the bands that leave and enter the frame" if self.frame else "the wrapped pixels"
+            return (f"not comparable: the model fails on NaN inputs, so which positions {bands} "
+                    "reach cannot be traced")
+        if self.frame:
+            return ("not comparable: at every non-zero shift each position's receptive field "
+                    "meets the band of content that left the frame or the band of fill that "
+                    "entered (or the maps are too small for the shifts or the margin)")
+        if not self.rolls:
+            return ("not comparable: every position's receptive field wraps around under "
+                    "these circular shifts")
+        return ("not comparable: no feature position is defined in both maps at any "
+                "non-zero shift (the maps are too small for the shifts or the margin)")
+
+    def comparable(self, shift: Sequence[float]) -> bool:
+        """False when no position may be compared at ``shift`` whatever the alignment: a
+        sub-pixel shift moves every input pixel of a map the protocol does not act on as on
+        its input, or the reach could not be traced."""
+        if self.rolls and not self.frame:
+            return True
+        return self.reach is not None and all(d == round(d) for d in shift)
+
+    def bounds(self, shift: Sequence[float], fshift: Sequence[int] | None = None):
+        """Output positions per axis ``((lo, hi), …)`` that may be compared at ``shift``;
+        None when every position may; ``()`` when none may (see :meth:`comparable`).
+
+        Not rolled by a circular protocol: the positions no wrapped pixel reaches. A
+        ``frame``: the longest run of positions that neither the band that entered reaches
+        nor, moved by the feature shift ``fshift`` (default ``δ / s`` rounded down), the
+        band that left."""
+        if self.rolls and not self.frame:
             return None
-        if self.reach is None or any(d != round(d) for d in shift):
+        if not self.comparable(shift):
             return ()
+        if self.frame:
+            return self._frame_bounds(shift, fshift)
         out = []
         for axis, d in enumerate(int(round(d)) for d in shift):
             n = self.size[axis]
@@ -140,24 +194,67 @@ class LayerGeometry:
                 out.append((0, hit[0]))
         return tuple(out)
 
+    def _frame_bounds(self, shift: Sequence[float], fshift: Sequence[int] | None):
+        d_all = [int(round(d)) for d in shift]
+        k_all = [d // self.stride for d in d_all] if fshift is None else [int(k) for k in fshift]
+        out = []
+        for axis, (d, k) in enumerate(zip(d_all, k_all)):
+            n = self.size[axis]
+            keep = torch.ones(n, dtype=torch.bool)
+            if d:
+                entered = self.reach.get((axis, d))      # φ(T_δ x) positions the fill reaches
+                if entered is not None:
+                    keep &= ~entered
+                left = self.reach.get((axis, -d))        # φ(x) positions that read lost content
+                if left is not None:                     # … seen at p = q + k in φ(T_δ x)
+                    source = torch.arange(n) - k
+                    inside = (source >= 0) & (source < n)
+                    moved = torch.zeros(n, dtype=torch.bool)
+                    moved[inside] = left[source[inside]]
+                    keep &= ~moved
+            out.append(_longest_run(keep))
+        return tuple(out)
+
+
+def _longest_run(keep: Tensor) -> tuple[int, int]:
+    """``(lo, hi)`` of the longest run of True in a 1-D bool tensor (the first of equals;
+    ``(0, 0)`` when there is none)."""
+    best, start = (0, 0), None
+    for i, v in enumerate(keep.tolist() + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
 
 def layer_geometries(model, example: Tensor, action: ShiftAction, infos: Sequence[LayerInfo],
                      shifts: Tensor, margin: int = 0) -> dict[str, LayerGeometry]:
     """The geometry of every probed layer of ``model`` under ``action`` for inputs like
     ``example`` (one sample, as the model sees it) and the shifts ``(K, rank)`` to come:
     spatial maps get their stride and, where the protocol does not roll them, the measured
-    reach of wrapped pixels; layers without spatial axes compare for invariance."""
+    reach of wrapped pixels; under a protocol that fills what leaves the frame, the
+    measured reach of the bands that leave and enter (:attr:`LayerGeometry.frame`); layers
+    without spatial axes compare for invariance."""
     rank, size = example.ndim - 2, tuple(example.shape[2:])
     out: dict[str, LayerGeometry] = {}
     for info in infos:
         if info.spatial and len(info.shape) == rank + 1:
-            out[info.name] = LayerGeometry.of(action, info.stride, info.shape[1:], size, margin)
+            geometry = LayerGeometry.of(action, info.stride, info.shape[1:], size, margin)
+            if action.fills:
+                geometry = dataclasses.replace(geometry, frame=True, reach=None)
+            out[info.name] = geometry
         else:
             out[info.name] = LayerGeometry(None)
     pending = [name for name, g in out.items() if g.needs_reach]
     if pending:
-        bands = sorted({(axis, int(d)) for shift in shifts.tolist()
-                        for axis, d in enumerate(shift) if d == round(d) and d != 0})
+        bands = {(axis, int(d)) for shift in shifts.tolist()
+                 for axis, d in enumerate(shift) if d == round(d) and d != 0}
+        if action.fills:                  # the band that enters at one end, and that leaves at the other
+            bands |= {(axis, -d) for axis, d in bands}
+        bands = sorted(bands)
         try:
             reach = wrap_reach(model, example, list(dict.fromkeys(n.split("#")[0] for n in pending)),
                                bands)
@@ -189,8 +286,7 @@ def alignments(action: ShiftAction, geometry: LayerGeometry, shift: Sequence[flo
     alignments (or one Fourier shift) otherwise, none when nothing is comparable."""
     if geometry.stride is None:
         return [Alignment("invariance", ())]
-    bounds = geometry.bounds(shift)
-    if bounds == ():
+    if not geometry.comparable(shift):
         return []
     candidates, exact = action.feature_shifts(torch.tensor([list(shift)], dtype=_F64), geometry.stride)
     if not action.integer and not bool(exact.all()):
@@ -200,7 +296,7 @@ def alignments(action: ShiftAction, geometry: LayerGeometry, shift: Sequence[flo
     out = []
     for fshift in dict.fromkeys(tuple(int(v) for v in c[0].tolist()) for c in candidates):
         blocks = overlap_blocks(geometry.size, fshift, circular=wraps, margin=geometry.margin,
-                                bounds=bounds)
+                                bounds=geometry.bounds(shift, fshift))
         out.append(Alignment(kind, fshift, wraps, blocks))
     return out
 

@@ -25,8 +25,13 @@ input of ``N`` pixels moves by ``t·N/2`` and a map of cumulative stride ``s`` (
 Exactness. The derivatives are forward-mode (``torch.func.jvp``), not finite differences: one
 Jacobian-vector product per layer and axis, on CPU as on GPU.
 
-- End to end, ``LEE_axis(x) = mean_c |L p_c(x)|`` for the softmax probabilities ``p``
-  (Gruver et al.'s ``trans_x_deriv``), averaged over images.
+- End to end, for the softmax probabilities ``p``, one of two reductions (``reduction``):
+  ``"mean_abs"`` (default), ``LEE_axis = mean over images of mean_c |L p_c(x)|``, what
+  Gruver et al.'s code computes (``trans_x_deriv``); or ``"rms"``, ``LEE_axis = sqrt(mean
+  over images and classes of (L p_c(x))²)``, the square their paper's text writes, as a
+  root mean square so that it keeps the units of ``L p``. For one image whose ``|L p_c|``
+  are ``a_c``, ``mean_abs = mean(a)`` and ``rms = sqrt(mean(a²)) ≥ mean_abs``, equal only
+  when all ``a_c`` are equal.
 - Per layer: for ``f = f_n ∘ … ∘ f_1`` the chain rule splits the Lie derivative into
   ``L f(x) = Σ_i J_{f_n∘…∘f_(i+1)} · L f_i(h_(i−1))``. Layer ``i``'s contribution is
   ``‖J_{>i} · L f_i‖²`` on the softmax output, averaged over images: Gruver et al.'s layerwise
@@ -48,13 +53,25 @@ from .batches import iter_batches
 from .errors import ShiftlabError, one_line
 from .result import LayerLie, LieResult
 
-#: the convention, in words, recorded with every result
-CONVENTION = ("Lie derivative d/dt T_t^-1 f(T_t x) at t = 0 (Gruver et al. 2023) by "
-              "forward-mode autodiff, T_t a shift by t*N/(2s) pixels on a map of stride s of an "
-              "N-pixel input (normalised coordinates: the input spans 2 units); generator "
-              "'fourier' (band-limited circular shift) or 'central' (Catmull-Rom cubic); "
-              "LEE = mean over classes of |L p_c| for softmax outputs p; a layer's contribution "
-              "= |J_after L f_layer|^2 on the softmax output, averaged over images")
+#: how the end-to-end LEE reduces ``L p`` over classes and images, in words
+REDUCTIONS = {
+    "mean_abs": "mean over images and classes of |L p_c| (Gruver et al.'s code)",
+    "rms": "root mean square over images and classes of L p_c (Gruver et al.'s paper squares it)",
+}
+
+
+def convention(reduction: str = "mean_abs") -> str:
+    """The convention, in words, recorded with every result."""
+    return ("Lie derivative d/dt T_t^-1 f(T_t x) at t = 0 (Gruver et al. 2023) by "
+            "forward-mode autodiff, T_t a shift by t*N/(2s) pixels on a map of stride s of an "
+            "N-pixel input (normalised coordinates: the input spans 2 units); generator "
+            "'fourier' (band-limited circular shift) or 'central' (Catmull-Rom cubic); "
+            f"LEE = {REDUCTIONS[reduction]} for softmax outputs p; a layer's contribution "
+            "= |J_after L f_layer|^2 on the softmax output, averaged over images")
+
+
+#: the default convention (``reduction="mean_abs"``)
+CONVENTION = convention()
 
 _NONLINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
               nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Tanh, nn.Sigmoid,
@@ -135,8 +152,9 @@ class _Call:
 def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Call]:
     """Every call of the attributed units, with its maps' scales. A map of cumulative stride
     ``s`` moves by ``t·N/(2s)`` pixels when the input (``N`` pixels) moves by ``t·N/2``; ``s``
-    is measured as in :mod:`shiftlab.probe`, from one image and one ``STRIDE_PROBE_PAD`` larger."""
-    from .probe import STRIDE_PROBE_PAD
+    is the probe's measurement (:func:`shiftlab.probe.measure_strides`), from one image and
+    :func:`~shiftlab.probe.stride_probe_input`'s larger one."""
+    from .probe import measure_strides, stride_probe_input
 
     rank = x.ndim - 2
     example = x[:1]
@@ -162,7 +180,7 @@ def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Cal
 
     base = forward(example)
     try:
-        big = forward(torch.nn.functional.pad(example, (0, STRIDE_PROBE_PAD) * rank))
+        big = forward(stride_probe_input(example))
     except Exception:                          # a head sized for one input size
         big = {k: list(v) for k, v in sizes.items()}
     n0 = example.shape[2:]
@@ -170,17 +188,10 @@ def _measure_calls(model: nn.Module, x: Tensor, units: list[_Unit]) -> list[_Cal
     def pixels(small, large):
         if small is None:
             return None
-        per_axis = []
-        for a, n in enumerate(small):
-            grown = None if large is None else large[a] - n
-            if grown is None:                  # not reached at the larger size: the size ratio
-                stride = n0[a] / n
-            elif grown <= 0:                   # does not grow: global pooling, not a map of positions
-                return None
-            else:
-                stride = STRIDE_PROBE_PAD / grown
-            per_axis.append(n0[a] / 2 / stride)
-        return tuple(per_axis)
+        strides = measure_strides(tuple(n0), small, large)
+        if any(s is None or s == math.inf for s in strides):
+            return None                        # does not grow (global pooling) or shrinks: not a map of positions
+        return tuple(n / 2 / s for n, s in zip(n0, strides))
 
     def at(table, key, c):
         values = table.get(key, [])
@@ -299,7 +310,8 @@ def _check_logits(out) -> None:
 
 
 def lie_derivative(model: nn.Module, images, layers: Iterable[str] | str | None = None,
-                   batch_size: int = 64, generator: str = "auto") -> LieResult:
+                   batch_size: int = 64, generator: str = "auto",
+                   reduction: str = "mean_abs") -> LieResult:
     """The local equivariance error of ``model`` under translation along each spatial axis,
     end to end and per layer (see the module doc for the definitions and units).
 
@@ -312,11 +324,17 @@ def lie_derivative(model: nn.Module, images, layers: Iterable[str] | str | None 
             ``"central"`` (local; for nets with zero padding or valid convolutions, whose maps
             are not periodic), or ``"auto"``: fourier when every convolution pads circularly,
             else central. See :func:`shift_generator`; the choice is recorded.
+        reduction: how ``lee`` reduces ``L p`` over classes and images: ``"mean_abs"``
+            (Gruver et al.'s code, the default) or ``"rms"`` (their paper's square, as a root
+            mean square); recorded.
     """
     from .errors import run_model
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ShiftlabError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if reduction not in REDUCTIONS:
+        raise ShiftlabError(f"unknown LEE reduction {reduction!r}; use "
+                            f"{' or '.join(repr(r) for r in REDUCTIONS)}")
     if generator == "auto":
         generator = default_generator(model)
     shift_generator(torch.zeros(1, 1, 2), -1, 1.0, generator)          # a known generator?
@@ -345,6 +363,7 @@ def lie_derivative(model: nn.Module, images, layers: Iterable[str] | str | None 
                     return torch.softmax(model(x + t * shift_generator(x, a - rank, pixels, generator)), dim=1)
 
                 whole = _tangent(shifted_input, x.dtype)                   # N × classes
+                classes = whole.shape[1]
                 summed = torch.zeros_like(whole)
                 for call in calls:
                     hooks = _Shifted(call, a, rank, generator)
@@ -365,8 +384,13 @@ def lie_derivative(model: nn.Module, images, layers: Iterable[str] | str | None 
     if seen == 0:
         raise ShiftlabError("no images to take the Lie derivative on; pass at least one")
     per = lambda v: dict(zip(axes, (s / seen for s in v)))      # noqa: E731
-    result = LieResult(axes=axes, lee=per(lee), total=per(total), unattributed=per(rest),
-                       images=seen, generator=generator, convention=CONVENTION)
+    if reduction == "rms":                  # total: Σ over images and classes of (L p_c)²
+        lee = [math.sqrt(t / (seen * classes)) for t in total]
+    else:
+        lee = [v / seen for v in lee]
+    result = LieResult(axes=axes, lee=dict(zip(axes, lee)), total=per(total), unattributed=per(rest),
+                       images=seen, generator=generator, convention=convention(reduction),
+                       reduction=reduction)
     sums = [sum(p[a] for p in parts.values()) for a in range(rank)]
     for call in calls:
         c = parts[call.name]

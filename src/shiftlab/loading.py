@@ -115,7 +115,7 @@ def load_model(spec: str, input_size: int | None = None, *, pretrained: bool = F
 
     Whatever the file does while it is imported or while the factory runs (raise, call
     ``sys.exit``) is a one-line :class:`ShiftlabError`; only Ctrl-C passes through. The
-    zoo's shipped weights are loaded by :func:`shiftlab.models.pretrained.load_pretrained`
+    zoo's shipped weights are loaded by :func:`shiftlab.weights.load_pretrained`
     (the CLI's ``--pretrained``), not here.
     """
     library = library_spec(spec)
@@ -124,7 +124,7 @@ def load_model(spec: str, input_size: int | None = None, *, pretrained: bool = F
     if pretrained:
         raise ShiftlabError(f"pretrained=True takes torchvision:NAME or timm:NAME, not {spec!r}; "
                             "load a checkpoint with load_weights (the zoo's shipped weights: "
-                            "shiftlab.models.pretrained.load_pretrained)")
+                            "shiftlab.weights.load_pretrained)")
     if ":" not in spec and not spec.endswith(".py"):
         kwargs = {}
         if input_size is not None and builder_accepts(spec, "input_size"):

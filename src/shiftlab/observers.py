@@ -167,20 +167,11 @@ class LayerErrors(Observer):
         alignment = (["invariance"] * len(shifts) if layer.comparison == "invariance" else
                      ["exact" if e else action.inexact for e in exact.tolist()])
         computed, compared = metric.compute(), metric.positions > 0
-        comparison, note, geometry = layer.comparison, None, layer.geometry
-        if not geometry.rolls:
-            note = ("the layer changes the map size, so a circular shift of the input is "
-                    "not a roll of its map: compared only where its receptive field did "
-                    "not wrap")
+        comparison, geometry = layer.comparison, layer.geometry
+        note = geometry.note                            # what the law leaves out, in words
         if comparison == "equivariance" and bool(nonzero.any()) and not bool((compared & nonzero).any()):
             comparison = "not comparable"
-            note = ("not comparable: the model fails on NaN inputs, so which positions "
-                    "the wrapped pixels reach cannot be traced"
-                    if not geometry.rolls and geometry.reach is None else
-                    "not comparable: every position's receptive field wraps around under "
-                    "these circular shifts" if not geometry.rolls else
-                    "not comparable: no feature position is defined in both maps at any "
-                    "non-zero shift (the maps are too small for the shifts or the margin)")
+            note = geometry.not_comparable_note
         return LayerResult(
             info.name, info.kind, list(info.shape), info.stride, comparison, alignment,
             computed["error"], computed["max_error"],
@@ -366,8 +357,10 @@ class HalfPixel(_Gap):
         r = (f"[{lo[0]:g}, {hi[0]:g})" if len(set(lo)) == 1 and len(set(hi)) == 1 else
              " x ".join(f"[{a:g}, {b:g})" for a, b in zip(lo, hi)))
         self.rule = ("P[ŷ(x) = ŷ(T_δ x)]: the unshifted input against δ = s + ½ per axis, s an "
-                     f"integer uniform in {r} per axis, a band-limited Fourier circular shift "
-                     "(Michaeli et al. 2023, shift_eval.py, random shifts with up=2)")
+                     f"integer uniform in {r} per axis, {plan.config.pairs} draws per input "
+                     "(each input its own), a band-limited Fourier circular shift; not as "
+                     "Michaeli et al. 2023's shift_eval.py draws them (s in [1, max_shift) per "
+                     "axis, one draw per batch, shifted by -(s + ½))")
 
     def batch(self, batch: Batch) -> None:
         cfg, n, rank = self.plan.config, batch.n, self.plan.shifts.shape[1]

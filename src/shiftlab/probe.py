@@ -18,6 +18,7 @@ difference by how much the layer's output grew. A layer whose output does not gr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -144,6 +145,35 @@ class LayerInfo:
         return self.stride is not None and self.stride_source in ("measured", "ratio")
 
 
+def stride_probe_input(example: Tensor) -> Tensor:
+    """``example`` grown by ``STRIDE_PROBE_PAD`` zeros at the end of every spatial axis: the
+    second of the two inputs the strides are measured from."""
+    return nn.functional.pad(example, (0, STRIDE_PROBE_PAD) * spatial_rank(example))
+
+
+def measure_strides(size_in: "tuple[int, ...]", small: "tuple[int, ...]",
+                    large: "tuple[int, ...] | None") -> "list[float | None]":
+    """Per axis, the cumulative stride of a map of spatial size ``small`` (at an input of
+    ``size_in``) that has size ``large`` at :func:`stride_probe_input`'s larger input: the
+    one stride measurement of shiftlab (:func:`infer_layers`, :mod:`shiftlab.lie`).
+
+    ``STRIDE_PROBE_PAD / growth`` where the map grows (a fraction for an up-sampled map);
+    ``inf`` where it does not grow (global pooling: the map does not move with the input);
+    None where it shrinks (unknown); ``size_in / small`` per axis when ``large`` is None (the
+    map was not reached at the larger size, e.g. behind a head sized for one input).
+
+    >>> measure_strides((28, 28), (14, 14), (62, 62)), measure_strides((28,), (7,), None)
+    ([2.0, 2.0], [4.0])
+    """
+    if large is None:
+        return [i / o for i, o in zip(size_in, small)]
+    out: list[float | None] = []
+    for o, g in zip(small, large):
+        grown = g - o
+        out.append(STRIDE_PROBE_PAD / grown if grown > 0 else math.inf if grown == 0 else None)
+    return out
+
+
 def _forward_lenient(probe: Probe, x: Tensor) -> dict[str, Tensor]:
     """Forward ``x``; if a later layer rejects the size, keep what was recorded up to it."""
     try:
@@ -159,7 +189,6 @@ def infer_layers(model: nn.Module, example: Tensor,
     Raises :class:`ShiftlabError` if the model cannot run on ``example``.
     """
     example = example[:1]
-    rank = spatial_rank(example)
     modules = dict(model.named_modules())
     # no_grad, not inference_mode: version counters reveal outputs modified in place
     with Probe(model, layers) as probe, torch.no_grad():
@@ -169,7 +198,7 @@ def infer_layers(model: nn.Module, example: Tensor,
         if overwritten:                                     # record true copies of those
             probe.clone = overwritten
             base = probe(example)
-        big = _forward_lenient(probe, nn.functional.pad(example, (0, STRIDE_PROBE_PAD) * rank))
+        big = _forward_lenient(probe, stride_probe_input(example))
     size_in = example.shape[2:]
     infos = []
     for name, out in base.items():
@@ -178,19 +207,14 @@ def infer_layers(model: nn.Module, example: Tensor,
         stride, source = None, "none"
         if out.ndim == example.ndim:
             grown = big.get(name)
-            if grown is not None and grown.ndim == out.ndim:
-                growth = {g - o for g, o in zip(grown.shape[2:], out.shape[2:])}
-                d = growth.pop() if len(growth) == 1 else -1
-                if d > 0 and STRIDE_PROBE_PAD % d == 0:
-                    stride, source = STRIDE_PROBE_PAD // d, "measured"
-                elif d == 0:
-                    stride, source = None, "none"       # global pooling: not spatial
-                else:
-                    source = "unknown"
-            elif size_in[0] % out.shape[2] == 0 and \
-                    len({i // o for i, o in zip(size_in, out.shape[2:])}) == 1 and \
-                    all(i % o == 0 for i, o in zip(size_in, out.shape[2:])):
-                stride, source = size_in[0] // out.shape[2], "ratio"
+            reached = grown is not None and grown.ndim == out.ndim
+            strides = measure_strides(tuple(size_in), tuple(out.shape[2:]),
+                                      tuple(grown.shape[2:]) if reached else None)
+            one = strides[0] if len(set(strides)) == 1 else None     # the same on every axis
+            if one == math.inf:
+                stride, source = None, "none"           # global pooling: not spatial
+            elif one is not None and one == int(one) and one >= 1:
+                stride, source = int(one), "measured" if reached else "ratio"
             else:
                 source = "unknown"
         infos.append(LayerInfo(name, kind, shape, stride, source, name in overwritten))
@@ -206,7 +230,8 @@ def wrap_reach(model: nn.Module, example: Tensor, layers: Iterable[str],
     every ``(axis, d)`` in ``shifts`` (axis 0 = rows, 1 = columns) this fills exactly that
     wrapped band of ``example`` with NaN and runs the model: NaN spreads through every
     convolution, pooling and activation that reads it, so a feature position is NaN iff its
-    receptive field covers a wrapped pixel (whatever the weights and values).
+    receptive field covers a wrapped pixel (whatever the weights and values). The same
+    bands are what a canvas shift fills (``d``) and loses (``-d``): the law measures both.
 
     Returns ``{layer: {(axis, d): (size along axis,) bool}}``, true where reached, for
     the 4-D outputs of ``layers`` and of the model (``"output"``). Raises :class:`ShiftlabError` if the model cannot run

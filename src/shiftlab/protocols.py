@@ -26,6 +26,10 @@ class Protocol:
 
     name: ClassVar[str] = "shift"
     circular: ClassVar[bool] = True        # feature positions wrap around; nothing is lost
+    fills: ClassVar[bool] = False          # content that leaves the frame gives way to a fill:
+                                           # the law compares only positions whose receptive
+                                           # field met neither the band that left nor the one
+                                           # that entered (measured, shiftlab.law)
     integer: ClassVar[bool] = True         # shifts are whole pixels
     inexact: ClassVar[str] = "nearest"     # the alignment used where the stride does not
                                            # divide the shift ("nearest" or "fourier")
@@ -47,6 +51,7 @@ class Circular(Protocol):
 class Canvas(Protocol):
     name = "canvas"
     circular = False
+    fills = True
 
 
 class Crop(Protocol):

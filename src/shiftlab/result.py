@@ -112,13 +112,15 @@ class LieResult:
     ``unattributed`` is what no listed module carries: functional operations, and reading
     positions out (a ``flatten`` before a linear head); 0 for a model that pools globally."""
     axes: list[str]
-    lee: dict[str, float]                      # axis -> mean over images and classes of |L p_c|
+    lee: dict[str, float]                      # axis -> LEE, reduced as ``reduction`` says
     total: dict[str, float]                    # axis -> mean over images of |L p|²
     unattributed: dict[str, float]             # axis -> mean over images of |L p − Σ_i J L f_i|²
     layers: list[LayerLie] = field(default_factory=list)
     images: int = 0
     generator: str = "fourier"
     convention: str = ""
+    reduction: str = "mean_abs"                # mean_abs: mean of |L p_c| over images and classes
+                                               # (Gruver et al.'s code); rms: root mean square
 
     def shares_by_group(self) -> dict[str, float | None]:
         """Each group's share of the attributed error, summed over axes."""
@@ -357,7 +359,7 @@ class AuditResult:
             lee = ", ".join(f"{axis} {v:.3g}" for axis, v in self.lie.lee.items())
             split = ", ".join(f"{g} {v:.0%}" for g, v in groups.items() if v is not None)
             out.append(f"Lie derivative (LEE, {self.lie.images} images, {self.lie.generator} "
-                       f"shifts): {lee}; error by layer kind: {split or 'none'}")
+                       f"shifts, {self.lie.reduction}): {lee}; error by layer kind: {split or 'none'}")
         if out:
             lines += [""] + out
         return "\n".join(lines)

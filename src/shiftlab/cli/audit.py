@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lie", type=int, nargs="?", const=64, default=None, metavar="N",
                    help="also take the Lie derivative (Gruver et al. 2023) on the first N inputs "
                         "(default 64): local equivariance error, split over layers")
+    p.add_argument("--lie-reduction", choices=["mean_abs", "rms"], default="mean_abs",
+                   help="how --lie reduces L p over classes and images: mean_abs, the mean of "
+                        "|L p_c| (Gruver et al.'s code, default), or rms, its root mean square "
+                        "(their paper's square)")
     p.add_argument("--all-shifts", action="store_true",
                    help="circular protocol: also every circular shift of every input, from "
                         "S^2 passes for a net of total stride S (verified periodic)")
@@ -127,7 +131,8 @@ def _audit_here(args, config: AuditConfig, device):
         result.all_shifts = all_shifts(model, _inputs(data, config), batch_size=config.batch_size)
     if args.lie is not None:
         from ..lie import lie_derivative
-        result.lie = lie_derivative(model, _inputs(data, config, args.lie), batch_size=config.batch_size)
+        result.lie = lie_derivative(model, _inputs(data, config, args.lie), batch_size=config.batch_size,
+                                    reduction=args.lie_reduction)
     return result
 
 

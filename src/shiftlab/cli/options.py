@@ -67,7 +67,7 @@ def torch_dtype(name: str):
 def _shipped_weights(name: str, input_size: int | None) -> Path:
     """``--pretrained`` for a zoo model: its shipped weights file, or one line saying why not."""
     from ..models import builder_accepts, create_model, list_models
-    from ..models.pretrained import PRETRAINED, WEIGHTS_FILE, pretrained_folder
+    from ..weights import PRETRAINED, WEIGHTS_FILE, pretrained_folder
     if name.replace("_", "-") not in list_models():
         create_model(name)                            # the registry's "unknown model" line
     shipped = [n for n, p in PRETRAINED.items() if p.model == n]

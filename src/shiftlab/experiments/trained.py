@@ -1,6 +1,6 @@
 """Trained nets for the experiments: the shipped weights (seconds), or the same run again.
 
-An experiment that needs a trained net asks for a :data:`shiftlab.models.pretrained.PRETRAINED`
+An experiment that needs a trained net asks for a :data:`shiftlab.weights.PRETRAINED`
 entry by name. By default it gets the shipped weights (``weights/NAME/``); with
 ``retrain=True`` the entry's exact ``shiftlab train`` settings run again into
 ``OUT/experiment-models/NAME/`` (not ``OUT/models/``, which holds the demo's audited models).
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..models.pretrained import PRETRAINED, WEIGHTS_FILE, provenance, sha256
+from ..weights import PRETRAINED, WEIGHTS_FILE, provenance, sha256
 
 FOLDER = "experiment-models"
 
@@ -22,7 +22,7 @@ def experiment_model(name: str, out: str | Path, *, retrain: bool = False,
     """The trained model of entry ``name`` in eval mode, and a description of its weights
     (source, SHA-256, training config, test accuracy on all 10,000 MNIST test digits)."""
     from ..loading import load_trained
-    from ..models.pretrained import load_pretrained
+    from ..weights import load_pretrained
     entry = PRETRAINED[name]
     if not retrain:
         model, info = load_pretrained(name), {"source": "shipped", **provenance(name)}

@@ -134,6 +134,22 @@ def aps_downsample(x: Tensor, stride: int = 2, norm: str = "l2") -> tuple[Tensor
     return _take(comps, phase), phase
 
 
+def plain_value(t: Tensor) -> Tensor | None:
+    """``t`` as a tensor that may outlive the ``torch.func`` transforms it was made in.
+
+    Outside any transform: ``t`` itself. Inside ``grad`` or ``jvp``: its value, unwrapped from
+    every level (those levels keep shapes and values; an integer phase carries no tangent).
+    Inside ``vmap``: None (a batched value has no plain per-sample form)."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is None or not hasattr(functorch, "is_functorch_wrapped_tensor"):
+        return t                                           # a torch without torch.func
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return None
+        t = functorch.get_unwrapped(t)
+    return t
+
+
 class APS(nn.Module):
     """Module twin of :func:`aps_downsample`, with an optional binomial pre-blur (stride 1).
 
@@ -144,7 +160,10 @@ class APS(nn.Module):
         dims: 2 for ``N×C×H×W`` images (default), 1 for ``N×C×T`` signals.
 
     After each call, ``last_phase`` holds the chosen phases and ``last_size`` the spatial
-    size of the map they index (read by :class:`APSShortcut`).
+    size of the map they index (read by :class:`APSShortcut`). ``last_phase`` is always a
+    plain tensor: a call inside a ``torch.func`` transform (the Lie derivative's ``jvp``)
+    keeps the phases' values, never the transform's wrapper, which could not be saved,
+    copied or converted once the transform is over.
     """
 
     def __init__(self, stride: int = 2, norm: str = "l2", blur_filter: int | None = None,
@@ -162,8 +181,8 @@ class APS(nn.Module):
         check_maps(x, dims=self.dims, who="APS")
         if self.blur is not None:
             x = self.blur(x)
-        y, self.last_phase = aps_downsample(x, self.stride, self.norm)
-        self.last_size = tuple(x.shape[2:])
+        y, phase = aps_downsample(x, self.stride, self.norm)
+        self.last_phase, self.last_size = plain_value(phase), tuple(x.shape[2:])
         return y
 
     def extra_repr(self) -> str:
@@ -197,7 +216,8 @@ class APSShortcut(nn.Module):
         phase = self.source.last_phase
         if phase is None or phase.shape[0] != x.shape[0]:
             raise ShiftlabError("APSShortcut ran before its main-branch APS in this forward "
-                                "pass; run the main branch first")
+                                "pass; run the main branch first (under torch.func.vmap APS "
+                                "cannot hand its phase over)")
         if tuple(x.shape[2:]) != self.source.last_size:
             raise ShiftlabError(f"APSShortcut got a {size_text(x.shape[2:])} map but its main "
                                 f"branch chose the phase on a {size_text(self.source.last_size)} "

@@ -1,5 +1,9 @@
 """Trained weights shipped with shiftlab in ``weights/NAME/``, and how each one was trained.
 
+The catalogue sits above the zoo, the loader and the training loop (it names zoo models,
+loads them with :mod:`shiftlab.loading` and retrains them with ``shiftlab train``), so the
+zoo (:mod:`shiftlab.models`) imports none of them.
+
 Every entry of :data:`PRETRAINED` is one seeded ``shiftlab train`` run on real MNIST
 (50,000 training digits, tested on all 10,000 test digits). Its folder holds
 ``model.safetensors`` and ``train.json``: the training record (config, loss and accuracy per
@@ -7,7 +11,7 @@ epoch, test accuracy) plus a ``provenance`` block written here (the exact comman
 versions, the CPU kernels and torch's thread count, and the SHA-256 of the file and of its
 tensors).
 
-``make weights`` (``python -m shiftlab.models.pretrained``) retrains them all, in order (an
+``make weights`` (``python -m shiftlab.weights``) retrains them all, in order (an
 entry that starts from another's weights comes after it). Training is bitwise reproducible
 on CPU for the same versions, CPU kernels and thread count (see :mod:`shiftlab.train`): the
 tensors come out the same (``tensors_sha256``), though the file's bytes may not, since
@@ -31,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ShiftlabError
+from .errors import ShiftlabError
 
 WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "train.json"
-#: the repository's weights folder (src/shiftlab/models/ → repository root)
-ROOT = Path(__file__).resolve().parents[3] / "weights"
+#: the repository's weights folder (src/shiftlab/ → repository root)
+ROOT = Path(__file__).resolve().parents[2] / "weights"
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Pretrained:
     def train_config(self, init: str | Path | None = None):
         """The :class:`shiftlab.train.TrainConfig` of this run (``init``: the weights file of
         the entry it starts from, wherever they are)."""
-        from ..train import TrainConfig
+        from .train import TrainConfig
         if self.init and init is None:
             raise ShiftlabError(f"{self.name} starts from {self.init}'s weights; say where they are")
         return TrainConfig(model=self.model, data="mnist", epochs=self.epochs, batch_size=self.batch_size,
@@ -127,7 +131,7 @@ def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
 
 def load_pretrained(name: str, root: str | Path | None = None):
     """The shipped model ``name`` (its zoo model with the shipped weights), in eval mode."""
-    from ..loading import load_trained
+    from .loading import load_trained
     folder = pretrained_folder(name, root)
     entry = PRETRAINED[name]
     return load_trained(entry.model, folder, entry.input_size)
@@ -164,7 +168,7 @@ def versions() -> dict:
     """What decides whether retraining gives the same bits: versions, CPU kernels, threads."""
     import numpy
 
-    from .. import __version__
+    from . import __version__
     return {"shiftlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -201,7 +205,7 @@ def retrain(names: list[str] | None = None, root: str | Path | None = None, log=
         args = entry.train_args(root.name)
         command = "shiftlab " + shlex.join(args)
         log(f"[weights {i}/{len(names)}] {command}")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                           os.environ.get("PYTHONPATH")])))
         done = subprocess.run([sys.executable, "-m", "shiftlab", *args], cwd=root.parent, env=env)
         if done.returncode:
@@ -211,7 +215,7 @@ def retrain(names: list[str] | None = None, root: str | Path | None = None, log=
         log(f"[weights {i}/{len(names)}] {name}: test accuracy {record['test_accuracy']:.2%} "
             f"on {record['test_images']:,} digits -> {folder}")
         written.append(folder)
-    from ..io import write_text_atomic
+    from .io import write_text_atomic
     write_text_atomic(root / "README.md", readme(root))
     return written
 
@@ -221,12 +225,12 @@ def readme(root: str | Path | None = None) -> str:
     (read from the records; :func:`retrain` rewrites it)."""
     root = Path(root or ROOT)
     lines = ["# Shipped weights", "",
-             "Trained by `make weights` (`python -m shiftlab.models.pretrained`): one seeded "
+             "Trained by `make weights` (`python -m shiftlab.weights`): one seeded "
              "`shiftlab train` run per folder on real MNIST (all 50,000 training digits), tested on "
              "all 10,000 test digits. Each folder holds `model.safetensors` and `train.json` (config, "
              "loss and accuracy per epoch, test accuracy, and a `provenance` block: the exact command, "
              "versions, torch's thread count, the weights' SHA-256). Catalogue: "
-             "`src/shiftlab/models/pretrained.py`.", "",
+             "`src/shiftlab/weights.py`.", "",
              "| folder | zoo model | canvas | epochs | lr | augment | starts from | test accuracy | used by |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, p in PRETRAINED.items():
@@ -241,7 +245,7 @@ def readme(root: str | Path | None = None) -> str:
 def stamp(name: str, root: str | Path, command: str) -> Path:
     """After training ``name`` into ``root/NAME``: drop the checkpoint (pickled Adam state, not
     shipped) and add the ``provenance`` block to ``train.json``."""
-    from ..io import write_text_atomic
+    from .io import write_text_atomic
     folder = Path(root) / name
     (folder / "checkpoint.pt").unlink(missing_ok=True)
     record = json.loads((folder / RECORD_FILE).read_text())
@@ -254,7 +258,7 @@ def stamp(name: str, root: str | Path, command: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shiftlab.models.pretrained [NAME ...]``: retrain shipped weights (all by default)."""
+    """``python -m shiftlab.weights [NAME ...]``: retrain shipped weights (all by default)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         retrain(argv or None)
