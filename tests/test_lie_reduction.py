@@ -63,3 +63,15 @@ def test_the_reduction_is_checked_and_read_back_from_json(tmp_path):
     old = {"axes": ["t"], "lee": {"t": 1.0}, "total": {"t": 1.0}, "unattributed": {"t": 0.0}}
     assert build(LieResult, old).reduction == "mean_abs"
     assert build(LieResult, old | {"reduction": "rms"}).reduction == "rms"
+
+
+def test_the_cli_passes_the_reduction_through(tmp_path, capsys):
+    """--lie-reduction rms reaches the JSON; mean_abs stays the default."""
+    import json
+    from shiftlab.cli import main
+    for extra, want in (([], "mean_abs"), (["--lie-reduction", "rms"], "rms")):
+        out = tmp_path / f"{want}.json"
+        assert main(["audit", "--model", "conv-circular", "--data", "synthetic:4:1x12x12",
+                     "--shifts=-1:1", "--pairs", "0", "--lie", "2", "--quiet", *extra,
+                     "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["lie"]["reduction"] == want
