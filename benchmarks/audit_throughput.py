@@ -90,7 +90,7 @@ def timed(fn, *a):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (overrides the rest)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (options given beside it win)")
     p.add_argument("--model", default="lenet-wolf")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--input", type=_size, default=(1, 28, 28), help="one image's CxHxW (default 1x28x28)")
@@ -106,9 +106,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="PATH", help="also save the numbers as JSON")
     args = p.parse_args(argv)
-    if args.preset:
-        for key, value in PRESETS[args.preset].items():
-            setattr(args, key, value)
+    if args.preset:                        # the preset's values, where no option gave others
+        p.set_defaults(**PRESETS[args.preset])
+        args = p.parse_args(argv)
     layers = None if args.layers is None else \
         [] if args.layers.lower() == "none" else [s for s in args.layers.split(",") if s]
 
