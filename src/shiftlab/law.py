@@ -18,7 +18,7 @@ leaves the frame (canvas), the positions whose receptive field met neither the b
 content that left nor the band of fill that entered, measured the same way. Where nothing
 is left the layer is *not comparable* at that shift.
 
-Everything here returns data: the audit engine folds it into streaming metrics,
+Everything here returns data: the audit's observers fold it into streaming metrics,
 :mod:`shiftlab.testing` turns it into assertions, experiments and figures read it.
 
 >>> import torch
@@ -319,7 +319,7 @@ def expected(action: ShiftAction, ref: Tensor, alignment: Alignment) -> tuple[Te
 
 def block_norms(out: Tensor, ref: Tensor, alignment: Alignment) -> tuple[Tensor, Tensor, int]:
     """Per-sample ``‖out − T'ref‖²`` and ``‖T'ref‖²`` over ``alignment``'s region, and the
-    positions compared per sample (the plain way; the audit engine has a faster twin)."""
+    positions compared per sample (the plain way; :class:`ReferenceMaps` is its faster twin)."""
     if alignment.blocks is None:
         raise ValueError("block_norms needs an integer alignment")
     d2 = torch.zeros(len(out), dtype=_F64, device=out.device)
