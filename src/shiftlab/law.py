@@ -422,7 +422,7 @@ class ReferenceMaps:
     copies: each box of an alignment is subtracted straight from the two maps into a small
     reused buffer, in pieces that stay in the CPU cache, and the reference's squared norm
     over a box comes from an integral image (summed-area table) of its energy, computed
-    once per batch and shared by every shift. A test checks it equals :func:`block_norms`.
+    once per batch (only if some box is not the whole map) and shared by every shift. A test checks it equals :func:`block_norms`.
 
     Shape: ``ref`` is ``(N, C, *spatial)``; :meth:`norms` takes rows ``out`` of the same
     map for the samples ``images`` (a slice of the N) and returns per-row ``(‖out −
@@ -431,23 +431,27 @@ class ReferenceMaps:
 
     def __init__(self, ref: Tensor):
         self.ref, self.rank = ref, ref.ndim - 2
-        energy = torch.linalg.vector_norm(ref, dim=1).to(_F64).square()     # (N, *spatial)
-        for d in range(1, self.rank + 1):
-            energy = energy.cumsum(d)
-        self.integral = torch.nn.functional.pad(energy, (1, 0) * self.rank)
-        self.total = self.integral[(slice(None),) + (-1,) * self.rank]      # (N,) ‖φ(x)‖²
+        self.energy = torch.linalg.vector_norm(ref, dim=1).to(_F64).square()   # (N, *spatial)
+        self.total = self.energy.flatten(1).sum(1)                          # (N,) ‖φ(x)‖²
+        self._integral: Tensor | None = None      # built when a box is not the whole map
         self._scratch = torch.empty(0, dtype=ref.dtype, device=ref.device)
         self._ref_sq: dict[int, tuple] = {}   # id(alignment) -> (alignment, ‖T'ref‖², positions)
 
     def box_sq(self, box: tuple[slice, ...]) -> Tensor:
-        """``Σ ‖ref‖²`` over a box, per sample: inclusion–exclusion on the integral image."""
+        """``Σ ‖ref‖²`` over a box, per sample: inclusion–exclusion on the integral image
+        (summed over the map once, the first time a box needs it)."""
+        if self._integral is None:
+            integral = self.energy
+            for d in range(1, self.rank + 1):
+                integral = integral.cumsum(d)
+            self._integral = torch.nn.functional.pad(integral, (1, 0) * self.rank)
         total = 0
         for corner in range(1 << self.rank):
             index, sign = [slice(None)], 1
             for a, sl in enumerate(box):
                 index.append(sl.start if corner >> a & 1 else sl.stop)
                 sign = -sign if corner >> a & 1 else sign
-            total = total + sign * self.integral[tuple(index)]
+            total = total + sign * self._integral[tuple(index)]
         return total
 
     def ref_sq(self, alignment: Alignment) -> tuple[Tensor, int]:
